@@ -1,0 +1,132 @@
+"""The tweak: one fine-tuned FC5+FC6 head per GMM cluster on top of the frozen vanilla convolutions."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+from torch import nn
+
+from lipseg.gmm import assign, full_precision_cholesky
+from lipseg.model import TweakedTCNN, VanillaTCNN, images_to_tensor, mouth_normalised_error
+from lipseg.train import EpochRecord, FitConfig, fit, resolve_device
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    lr: float = 1e-4
+    epochs: int = 30
+    patience: int = 5
+    batch_size: int = 32
+    min_cluster_size: int = 20
+    min_val_size: int = 5
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class HeadReport:
+    cluster: int
+    train_size: int
+    val_size: int
+    fallback: bool  # True: the cluster was too small and keeps the base head
+    val_scope: str  # "cluster", or "all" when the cluster has too few validation crops
+    base_val_nme: float
+    head_val_nme: float
+    best_epoch: int
+    epochs_run: int
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if key != "history"}
+
+
+@torch.no_grad()
+def trunk_and_fc5(model: VanillaTCNN, images: np.ndarray, batch_size: int = 512) -> tuple[torch.Tensor, np.ndarray]:
+    """Flattened conv features (N, F) and FC5 features (N, D) of uint8 crops, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    trunk_parts, fc5_parts = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images_to_tensor(images[start : start + batch_size]).to(device)
+        trunk = model.trunk_features(batch)
+        trunk_parts.append(trunk.cpu())
+        fc5_parts.append(model.head.features(trunk).cpu())
+    if not trunk_parts:
+        return torch.zeros(0, model.trunk.out_features), np.zeros((0, model.config.fc5), np.float32)
+    return torch.cat(trunk_parts), torch.cat(fc5_parts).numpy()
+
+
+@torch.no_grad()
+def _head_nme(head: nn.Module, features: torch.Tensor, lips: torch.Tensor) -> float:
+    head.eval()
+    device = next(head.parameters()).device
+    return float(mouth_normalised_error(head(features.to(device)), lips.to(device)).mean())
+
+
+def finetune_heads(
+    base: VanillaTCNN,
+    mixture: GaussianMixture,
+    train_images: np.ndarray,
+    train_lips: np.ndarray,
+    val_images: np.ndarray,
+    val_lips: np.ndarray,
+    config: HeadsConfig,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[TweakedTCNN, list[HeadReport]]:
+    """Train one head per cluster; the convolutions stay frozen, so their features are computed once."""
+    device = resolve_device(config.device)
+    base = base.to(device)
+    for parameter in base.parameters():
+        parameter.requires_grad_(False)
+    train_trunk, train_fc5 = trunk_and_fc5(base, train_images)
+    val_trunk, val_fc5 = trunk_and_fc5(base, val_images)
+    train_clusters, val_clusters = assign(mixture, train_fc5), assign(mixture, val_fc5)
+    train_targets, val_targets = torch.from_numpy(train_lips), torch.from_numpy(val_lips)
+
+    components = mixture.n_components
+    tweaked = TweakedTCNN.from_vanilla(base.cpu(), components)
+    tweaked.gate.set_mixture(mixture.weights_, mixture.means_, full_precision_cholesky(mixture))
+    reports = []
+    for cluster in range(components):
+        train_index = np.flatnonzero(train_clusters == cluster)
+        val_index = np.flatnonzero(val_clusters == cluster)
+        scope = "cluster" if len(val_index) >= config.min_val_size else "all"
+        if scope == "all":
+            val_index = np.arange(len(val_trunk))
+        head = copy.deepcopy(base.head).to(device)
+        for parameter in head.parameters():
+            parameter.requires_grad_(True)
+        val_features, val_cluster_lips = val_trunk[val_index], val_targets[val_index]
+        base_nme = _head_nme(base.head, val_features, val_cluster_lips)
+        if len(train_index) < config.min_cluster_size:
+            reports.append(HeadReport(cluster, len(train_index), len(val_index), True, scope, base_nme, base_nme, 0, 0))
+            continue
+        fit_config = FitConfig(
+            lr=config.lr, batch_size=config.batch_size, max_epochs=config.epochs,
+            patience=config.patience, seed=config.seed + cluster, device=config.device,
+        )
+        result = fit(
+            head, train_trunk[train_index], train_targets[train_index], val_features, val_cluster_lips, fit_config,
+            checkpoint_path=checkpoint_dir / f"head_{cluster}.pt" if checkpoint_dir else None,
+            run_fingerprint=f"head-{cluster}-{len(train_index)}",
+            desc=f"head {cluster}", progress=progress,
+        )
+        tweaked.heads[cluster].load_state_dict({key: value.cpu() for key, value in head.state_dict().items()})
+        reports.append(HeadReport(
+            cluster, len(train_index), len(val_index), False, scope, base_nme,
+            _head_nme(head, val_features, val_cluster_lips), result.best_epoch, len(result.history), result.history,
+        ))
+    return tweaked.eval(), reports
+
+
+def head_weight_distances(model: TweakedTCNN) -> np.ndarray:
+    """(K, K) L2 distances between the heads' flattened weights: zero off the diagonal would mean a
+    shared head, the bug the reference Keras implementation of this method had."""
+    flat = [torch.cat([p.detach().flatten() for p in head.parameters()]) for head in model.heads]
+    return torch.cdist(torch.stack(flat)[None], torch.stack(flat)[None])[0].numpy()

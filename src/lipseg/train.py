@@ -1,0 +1,202 @@
+"""Training loops: early stopping, a checkpoint every epoch, resume after a kill. No MLflow here:
+callers pass `on_epoch` to log wherever they like."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lipseg.model import mouth_normalised_error, mouth_normalised_mse
+
+
+def set_determinism(seed: int) -> None:
+    """The one place seeds are set: Python, NumPy and torch, with deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' takes CUDA when present and the CPU otherwise; an explicit 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available")
+    return torch.device(name)
+
+
+@dataclass
+class FitConfig:
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 60
+    patience: int = 8
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_nme: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_nme: float = float("inf")
+    stopped_early: bool = False
+    resumed_from_epoch: int = 0
+
+
+def fingerprint(*parts: object) -> str:
+    """A short hash of what a checkpoint belongs to, so a stale one is never resumed."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _evaluate(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device) -> tuple[float, float]:
+    module.eval()
+    loss_sum, nme_sum = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start : start + batch_size].to(device)
+            target = targets[start : start + batch_size].to(device)
+            predicted = module(batch)
+            loss_sum += float(mouth_normalised_mse(predicted, target)) * len(batch)
+            nme_sum += float(mouth_normalised_error(predicted, target).sum())
+    return loss_sum / len(inputs), nme_sum / len(inputs)
+
+
+def fit(
+    module: nn.Module,
+    train_inputs: torch.Tensor,
+    train_targets: torch.Tensor,
+    val_inputs: torch.Tensor,
+    val_targets: torch.Tensor,
+    config: FitConfig,
+    checkpoint_path: Path | None = None,
+    run_fingerprint: str = "",
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> FitResult:
+    """Train the trainable parameters of `module` (inputs -> (B, 56, 2)) with Adam and early stopping.
+
+    Leaves `module` holding the best weights by validation NME. With `checkpoint_path`, the state is
+    saved after every epoch and a matching checkpoint is resumed, so a killed run continues where it
+    stopped and ends with the same weights as an uninterrupted one (on CPU).
+    """
+    device = resolve_device(config.device)
+    module.to(device)
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("module has no trainable parameters")
+    if len(train_inputs) == 0 or len(val_inputs) == 0:
+        raise ValueError(f"need training and validation data (got {len(train_inputs)} and {len(val_inputs)})")
+    optimiser = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    shuffler = torch.Generator().manual_seed(config.seed)
+    result = FitResult()
+    best_state = copy.deepcopy(module.state_dict())
+    bad_epochs, start_epoch = 0, 1
+    tag = fingerprint(run_fingerprint, asdict(config), tuple(train_inputs.shape), tuple(val_inputs.shape))
+
+    if checkpoint_path is not None and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state.get("fingerprint") == tag:
+            module.load_state_dict(state["module"])
+            optimiser.load_state_dict(state["optimiser"])
+            shuffler.set_state(state["shuffler"])
+            best_state = state["best_state"]
+            bad_epochs = state["bad_epochs"]
+            start_epoch = state["epoch"] + 1
+            result.history = [EpochRecord(**record) for record in state["history"]]
+            result.best_epoch, result.best_val_nme = state["best_epoch"], state["best_val_nme"]
+            result.stopped_early = state["stopped_early"]
+            result.resumed_from_epoch = state["epoch"]
+            if state["finished"]:
+                start_epoch = config.max_epochs + 1
+
+    pin = device.type == "cuda"
+    epochs = tqdm(range(start_epoch, config.max_epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in epochs:
+        started = time.perf_counter()
+        module.train()
+        order = torch.randperm(len(train_inputs), generator=shuffler)
+        loss_sum = 0.0
+        for start in range(0, len(order), config.batch_size):
+            index = order[start : start + config.batch_size]
+            batch = train_inputs[index]
+            target = train_targets[index]
+            if pin:
+                batch, target = batch.pin_memory(), target.pin_memory()
+            predicted = module(batch.to(device, non_blocking=pin))
+            loss = mouth_normalised_mse(predicted, target.to(device, non_blocking=pin))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            loss_sum += loss.item() * len(index)
+        val_loss, val_nme = _evaluate(module, val_inputs, val_targets, max(config.batch_size, 256), device)
+        record = EpochRecord(epoch, loss_sum / len(order), val_loss, val_nme, time.perf_counter() - started)
+        result.history.append(record)
+        if val_nme < result.best_val_nme:
+            result.best_val_nme, result.best_epoch, bad_epochs = val_nme, epoch, 0
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            bad_epochs += 1
+        finished = bad_epochs >= config.patience or epoch == config.max_epochs
+        result.stopped_early = bad_epochs >= config.patience
+        epochs.set_postfix(loss=f"{record.train_loss:.4f}", val_nme=f"{val_nme:.4f}")
+        if on_epoch is not None:
+            on_epoch(record)
+        if checkpoint_path is not None:
+            _save_checkpoint(
+                checkpoint_path,
+                {
+                    "fingerprint": tag, "epoch": epoch, "module": module.state_dict(),
+                    "optimiser": optimiser.state_dict(), "shuffler": shuffler.get_state(),
+                    "best_state": best_state, "bad_epochs": bad_epochs,
+                    "history": [asdict(item) for item in result.history],
+                    "best_epoch": result.best_epoch, "best_val_nme": result.best_val_nme,
+                    "stopped_early": result.stopped_early, "finished": finished,
+                },
+            )
+        if finished:
+            break
+    module.load_state_dict(best_state)
+    return result

@@ -1,0 +1,61 @@
+"""Stage `finetune_heads`: one FC5+FC6 head per GMM cluster, convolutions frozen, lower learning rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lipseg.crop import CropSet
+from lipseg.gmm import load_gmm
+from lipseg.heads import HeadsConfig, finetune_heads, head_weight_distances
+from lipseg.io import atomic_directory, load_npz, load_params, write_json_atomic
+from lipseg.predictor import load_model_folder, save_model_folder
+from lipseg.tracking import stage_run
+from lipseg.train import set_determinism
+
+CROPS_DIR = Path("data/crops")
+BASE_DIR = Path("models/base")
+GMM_FILE = Path("models/gmm/gmm.npz")
+MODEL_DIR = Path("models/tcnn")
+CHECKPOINT_DIR = Path("checkpoints/finetune_heads")
+REPORT = Path("reports/finetune_heads.json")
+
+
+def main() -> None:
+    params = load_params("heads")
+    config = HeadsConfig(**{key: params[key] for key in HeadsConfig.__dataclass_fields__})
+    set_determinism(config.seed)
+    base, geometry, _ = load_model_folder(BASE_DIR)
+    mixture = load_gmm(GMM_FILE)
+    train = CropSet.from_arrays(load_npz(CROPS_DIR / "train.npz"))
+    val = CropSet.from_arrays(load_npz(CROPS_DIR / "val.npz"))
+    with stage_run("finetune_heads", params) as run:
+        tweaked, reports = finetune_heads(base, mixture, train.images, train.lips, val.images, val.lips, config, CHECKPOINT_DIR)
+        distances = head_weight_distances(tweaked)
+        for report in reports:
+            with run.child(f"head_{report.cluster}", {"cluster": report.cluster, "lr": config.lr}) as child:
+                for record in report.history:
+                    child.log_metrics({"train_loss": record.train_loss, "val_loss": record.val_loss, "val_nme": record.val_nme}, step=record.epoch)
+                child.set_tags({"fallback_to_base_head": report.fallback, "val_scope": report.val_scope})
+                child.log_numbers(report.as_dict())
+        fallbacks = [report.cluster for report in reports if report.fallback]
+        with atomic_directory(MODEL_DIR) as staging:
+            save_model_folder(staging, tweaked, geometry, extra={"fallback_clusters": fallbacks})
+        summary = {
+            "k": len(reports), "fallback_clusters": fallbacks,
+            "heads": [report.as_dict() for report in reports],
+            "head_weight_distances": distances.round(6).tolist(),
+        }
+        write_json_atomic(REPORT, summary)
+        run.set_tags({"fallback_clusters": fallbacks})
+        off_diagonal = distances[~np.eye(len(reports), dtype=bool)]
+        run.log_metrics({"fallback_heads": len(fallbacks), "min_head_distance": float(off_diagonal.min()) if off_diagonal.size else 0.0})
+        run.log_artifact(REPORT)
+    for report in reports:
+        state = "fallback to base head" if report.fallback else f"val NME {report.base_val_nme:.4f} -> {report.head_val_nme:.4f}"
+        print(f"finetune_heads: head {report.cluster}: {report.train_size} train crops, {state}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Stage `train_base`: the vanilla TCNN on the training crops, early-stopped on the validation crops."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lipseg.crop import CropGeometry, CropSet
+from lipseg.io import atomic_directory, load_npz, load_params, write_text_atomic
+from lipseg.model import TCNNConfig, VanillaTCNN, images_to_tensor
+from lipseg.plots import training_curves
+from lipseg.predictor import save_model_folder
+from lipseg.tracking import stage_run
+from lipseg.train import FitConfig, fit, resolve_device, set_determinism
+
+CROPS_DIR = Path("data/crops")
+MODEL_DIR = Path("models/base")
+CHECKPOINT = Path("checkpoints/train_base/last.pt")
+HISTORY_CSV = Path("reports/train_base/history.csv")
+CURVES_PNG = Path("reports/train_base/curves.png")
+
+
+def history_csv(history: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def main() -> None:
+    params = load_params("train_base")
+    set_determinism(int(params["seed"]))
+    train = CropSet.from_arrays(load_npz(CROPS_DIR / "train.npz"))
+    val = CropSet.from_arrays(load_npz(CROPS_DIR / "val.npz"))
+    norm = load_npz(CROPS_DIR / "norm.npz")
+    manifest_geometry = json.loads((CROPS_DIR / "manifest.json").read_text(encoding="utf-8"))["geometry"]
+    config = TCNNConfig(
+        input_size=train.images.shape[1], conv_channels=list(params["conv_channels"]),
+        conv_kernels=list(params["conv_kernels"]), fc5=int(params["fc5"]),
+    )
+    model = VanillaTCNN(config)
+    model.normaliser.set_images(norm["mean"], norm["std"])
+    fit_config = FitConfig(
+        lr=float(params["lr"]), batch_size=int(params["batch_size"]), max_epochs=int(params["max_epochs"]),
+        patience=int(params["patience"]), weight_decay=float(params["weight_decay"]),
+        seed=int(params["seed"]), device=str(params["device"]),
+    )
+    with stage_run("train_base", params) as run:
+        run.set_tags({"device": str(resolve_device(fit_config.device)), "train_crops": len(train), "val_crops": len(val)})
+        result = fit(
+            model, images_to_tensor(train.images), torch.from_numpy(train.lips),
+            images_to_tensor(val.images), torch.from_numpy(val.lips), fit_config,
+            checkpoint_path=CHECKPOINT, run_fingerprint=f"train_base-{config.to_dict()}",
+            on_epoch=lambda record: run.log_metrics(
+                {"train_loss": record.train_loss, "val_loss": record.val_loss, "val_nme": record.val_nme, "epoch_seconds": record.seconds},
+                step=record.epoch,
+            ),
+            desc="train_base",
+        )
+        model.cpu()
+        with atomic_directory(MODEL_DIR) as staging:
+            save_model_folder(staging, model, CropGeometry(**manifest_geometry), extra={"best_epoch": result.best_epoch})
+        history = [asdict(record) for record in result.history]
+        write_text_atomic(HISTORY_CSV, history_csv(history))
+        training_curves(history, CURVES_PNG, "train_base")
+        run.log_metrics({"best_val_nme": result.best_val_nme, "best_epoch": result.best_epoch, "epochs_run": len(history)}, to_parent=False)
+        run.log_artifact(CURVES_PNG)
+        run.log_artifacts(MODEL_DIR, "model")
+    print(f"train_base: best val NME {result.best_val_nme:.4f} at epoch {result.best_epoch} of {len(history)}"
+          + (f" (resumed after epoch {result.resumed_from_epoch})" if result.resumed_from_epoch else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lipseg.crop import normalisation_images
+from lipseg.gmm import GMMConfig, assign, fit_gmm
+from lipseg.heads import HeadsConfig, finetune_heads, head_weight_distances, trunk_and_fc5
+from lipseg.model import TCNNConfig, VanillaTCNN
+from lipseg.train import set_determinism
+
+
+def clustered_crops(per_state: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Three visibly different 'lip states', each with its own landmark offset."""
+    rng = np.random.default_rng(0)
+    images, lips = [], []
+    template = rng.uniform(-0.25, 0.25, (56, 2)).astype(np.float32)
+    template[0] = (-0.3, 0.0)
+    for state, colour in enumerate((30, 130, 230)):
+        for _ in range(per_state):
+            image = np.clip(rng.normal(colour, 12, (40, 40, 3)), 0, 255).astype(np.uint8)
+            images.append(image)
+            lips.append(template + np.float32(0.05 * state) + rng.normal(0, 0.005, (56, 2)).astype(np.float32))
+    return np.stack(images), np.stack(lips)
+
+
+def untrained_base(images: np.ndarray) -> VanillaTCNN:
+    base = VanillaTCNN(TCNNConfig(conv_channels=[8, 8, 8, 8], fc5=16)).eval()
+    base.normaliser.set_images(*normalisation_images(images))
+    return base
+
+
+def test_each_cluster_gets_its_own_head(tmp_path: Path) -> None:
+    set_determinism(0)
+    images, lips = clustered_crops()
+    base = untrained_base(images)
+    _, features = trunk_and_fc5(base, images)
+    mixture, _ = fit_gmm(features, GMMConfig(k=3, n_init=2))
+    config = HeadsConfig(lr=1e-3, epochs=4, patience=4, batch_size=16, min_cluster_size=5, min_val_size=2)
+    val = np.arange(0, len(images), 5)
+    tweaked, reports = finetune_heads(base, mixture, images, lips, images[val], lips[val], config, tmp_path, progress=False)
+    assert [report.fallback for report in reports] == [False, False, False]
+    distances = head_weight_distances(tweaked)
+    off_diagonal = distances[~np.eye(3, dtype=bool)]
+    # The reference Keras implementation silently shared one head; ours must not.
+    assert off_diagonal.min() > 1e-3
+    base_vector = torch.cat([p.flatten() for p in base.head.parameters()])
+    for head in tweaked.heads:
+        assert float((torch.cat([p.flatten() for p in head.parameters()]) - base_vector).norm()) > 1e-3
+    # The conv trunk stayed frozen and identical to the base model.
+    for key, value in base.trunk.state_dict().items():
+        torch.testing.assert_close(tweaked.trunk.state_dict()[key], value)
+    # The torch gate routes exactly like the scikit-learn mixture.
+    with torch.no_grad():
+        _, clusters = tweaked.forward_with_clusters(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float())
+    np.testing.assert_array_equal(clusters.numpy(), assign(mixture, features))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["head_0.pt", "head_1.pt", "head_2.pt"]
+
+
+def test_small_clusters_fall_back_to_the_base_head() -> None:
+    set_determinism(0)
+    images, lips = clustered_crops(per_state=10)
+    base = untrained_base(images)
+    _, features = trunk_and_fc5(base, images)
+    mixture, _ = fit_gmm(features, GMMConfig(k=3, n_init=2))
+    sizes = np.bincount(assign(mixture, features), minlength=3)
+    config = HeadsConfig(lr=1e-3, epochs=2, min_cluster_size=int(sizes.max()) + 1)
+    tweaked, reports = finetune_heads(base, mixture, images, lips, images, lips, config, progress=False)
+    assert all(report.fallback for report in reports)
+    for head in tweaked.heads:
+        for key, value in base.head.state_dict().items():
+            torch.testing.assert_close(head.state_dict()[key], value)

@@ -1,0 +1,145 @@
+"""The whole DVC pipeline on a tiny synthetic dataset, in a temporary git repo: it runs end to end,
+tracks itself in MLflow, and after a parameter change reruns exactly the stages that depend on it
+(read from DVC's own report of what ran)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LIPEVAL = ROOT.parent / "shared" / "tools" / "lipeval.py"
+ALL = ["download", "crop", "train_base", "extract_features", "fit_gmm", "finetune_heads", "evaluate"]
+
+TINY = {
+    "data": {"source": "synthetic", "seed": 0, "synthetic": {"n_train": 40, "n_test": 12, "image_size": 128}},
+    "crop": {"augment": {"copies": 2}},
+    "train_base": {"max_epochs": 3, "patience": 3, "batch_size": 32},
+    "gmm": {"k": "auto", "k_range": [2, 3], "n_init": 1, "montage_per_cluster": 8},
+    "heads": {"epochs": 2, "patience": 2, "min_cluster_size": 5, "min_val_size": 2},
+    "evaluate": {"overlay_count": 4},
+}
+
+
+def deep_update(target: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            deep_update(target.setdefault(key, {}), value)
+        else:
+            target[key] = value
+
+
+def set_params(repo: Path, changes: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    deep_update(params, changes)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(command: list[str], repo: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+def repro(repo: Path, env: dict[str, str]) -> list[str]:
+    """Stages DVC reports as run, in order."""
+    output = run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    return re.findall(r"Running stage '([a-z_]+)'", output)
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    repo = tmp_path_factory.mktemp("pipeline") / "repo"
+    repo.mkdir()
+    for item in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy2(ROOT / item, repo / item)
+    for folder in ("stages", "src"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    set_params(repo, TINY)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_TRACKING_URI", "LIPSEG_PIPELINE_ID"))}
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
+    })
+    run(["git", "init", "-q"], repo, env)
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
+    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], repo, env)
+    run([sys.executable, "-m", "dvc", "config", "core.check_update", "false"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "tiny pipeline"], repo, env)
+    return repo, env
+
+
+@pytest.mark.slow
+def test_full_run_then_incremental_reruns(pipeline_repo: tuple[Path, dict[str, str]]) -> None:
+    repo, env = pipeline_repo
+    assert repro(repo, env) == ALL
+
+    metrics = json.loads((repo / "metrics.json").read_text())
+    assert metrics["k"] in (2, 3) and metrics["test_images"] == 12
+    for model in ("base", "tweaked"):
+        assert 0.0 <= metrics[model]["f1_lips"] <= 1.0 and metrics[model]["nme_io"] > 0
+    predictions = sorted((repo / "reports/evaluate/pred_test/tweaked").glob("*.json"))
+    assert len(predictions) == 12
+    face = json.loads(predictions[0].read_text())["faces"][0]
+    assert len(face["lips"]) == 56 and len(face["box"]) == 4
+    for artifact in ("reports/evaluate/overlays.png", "reports/evaluate/ced.png", "reports/fit_gmm/bic.png",
+                     "reports/fit_gmm/cluster_0.png", "reports/train_base/history.csv", "models/tcnn/model.safetensors"):
+        assert (repo / artifact).is_file(), artifact
+    assert run([sys.executable, "-m", "dvc", "status"], repo, env).strip().endswith("Data and pipelines are up to date.")
+
+    # Nothing changed: nothing runs.
+    assert repro(repo, env) == []
+    # K changes: only the GMM and what follows it.
+    set_params(repo, {"gmm": {"k": 2}})
+    assert repro(repo, env) == ["fit_gmm", "finetune_heads", "evaluate"]
+    # The heads' learning rate: only the heads and the evaluation.
+    set_params(repo, {"heads": {"lr": 0.0003}})
+    assert repro(repo, env) == ["finetune_heads", "evaluate"]
+    # The base model's params: train_base and everything after it, never download or crop.
+    set_params(repo, {"train_base": {"lr": 0.002}})
+    assert repro(repo, env) == ["train_base", "extract_features", "fit_gmm", "finetune_heads", "evaluate"]
+
+    # MLflow: one parent run per `dvc repro` that ran something, each stage a child of it.
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        kinds = dict(db.execute("select run_uuid, value from tags where key = 'lipseg.kind'").fetchall())
+        parents = {run for run, kind in kinds.items() if kind == "pipeline"}
+        stage_of = dict(db.execute("select run_uuid, value from tags where key = 'lipseg.stage'").fetchall())
+        parent_of = dict(db.execute("select run_uuid, value from tags where key = 'mlflow.parentRunId'").fetchall())
+        versions = db.execute("select version from model_versions where name = 'lipseg-tcnn'").fetchall()
+        aliases = db.execute("select alias from registered_model_aliases where name = 'lipseg-tcnn'").fetchall()
+    assert len(parents) == 4
+    stage_runs = [run for run, stage in stage_of.items() if parent_of.get(run) in parents]
+    assert sorted(stage_of[run] for run in stage_runs) == sorted(ALL + ["fit_gmm", "finetune_heads", "evaluate"]
+                                                                   + ["finetune_heads", "evaluate"] + ALL[2:])
+    assert len(versions) == 4 and aliases == [("champion",)]
+
+
+@pytest.mark.slow
+@pytest.mark.helen
+def test_lipeval_agrees_with_the_pipeline(pipeline_repo: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """The official scorer, run on the pipeline's own prediction files, gives the metrics.json numbers."""
+    if not LIPEVAL.is_file():
+        pytest.skip("../shared/tools/lipeval.py not found")
+    repo, env = pipeline_repo
+    if not (repo / "metrics.json").is_file():
+        repro(repo, env)
+    metrics = json.loads((repo / "metrics.json").read_text())
+    report = tmp_path / "lipeval.json"
+    run([sys.executable, str(LIPEVAL), "--gt", str(repo / "data/raw"), "--split", "test",
+         "--pred", str(repo / "reports/evaluate/pred_test/tweaked"), "--json", str(report), "--quiet"], repo, env)
+    official = json.loads(report.read_text())
+    for name in ("lips", "upper_lip", "lower_lip", "inner_mouth", "mouth"):
+        assert official["pooled"][name]["f1"] == pytest.approx(metrics["tweaked"][f"f1_{name}"], abs=1e-9)
+    assert official["nme"]["mean_io"] == pytest.approx(metrics["tweaked"]["nme_io"], rel=1e-6)

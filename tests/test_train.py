@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lipseg.model import TCNNConfig, VanillaTCNN
+from lipseg.train import FitConfig, fit, resolve_device, set_determinism
+
+
+def toy_problem(count: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose brightness pattern encodes a horizontal shift of a template mouth."""
+    generator = torch.Generator().manual_seed(0)
+    template = torch.rand(56, 2, generator=generator) * 0.4 - 0.2
+    template[0] = torch.tensor([-0.3, 0.0])
+    shifts = torch.rand(count, generator=generator) * 0.2 - 0.1
+    targets = template[None].repeat(count, 1, 1)
+    targets[..., 0] += shifts[:, None]
+    images = torch.zeros(count, 3, 40, 40)
+    columns = ((shifts + 0.1) / 0.2 * 35).long()
+    for index, column in enumerate(columns):
+        images[index, :, :, column : column + 5] = 255.0
+    return images, targets
+
+
+def make_model() -> VanillaTCNN:
+    set_determinism(0)
+    return VanillaTCNN(TCNNConfig(conv_channels=[8, 8, 8, 8], fc5=32))
+
+
+def test_fit_learns_and_keeps_the_best_epoch() -> None:
+    images, targets = toy_problem()
+    model = make_model()
+    result = fit(model, images[:64], targets[:64], images[64:], targets[64:], FitConfig(lr=3e-3, batch_size=16, max_epochs=25, patience=25), progress=False)
+    assert result.history[-1].train_loss < result.history[0].train_loss / 3
+    assert result.best_val_nme == min(record.val_nme for record in result.history)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    images, targets = toy_problem()
+    config = FitConfig(lr=3e-3, batch_size=16, max_epochs=6, patience=10)
+    reference = make_model()
+    fit(reference, images[:64], targets[:64], images[64:], targets[64:], config, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_epoch_4(record: object) -> None:
+        if record.epoch == 4:
+            raise Killed
+
+    checkpoint = tmp_path / "last.pt"
+    interrupted = make_model()
+    with pytest.raises(Killed):
+        fit(interrupted, images[:64], targets[:64], images[64:], targets[64:], config, checkpoint, on_epoch=kill_at_epoch_4, progress=False)
+    assert checkpoint.is_file()
+    resumed = make_model()
+    result = fit(resumed, images[:64], targets[:64], images[64:], targets[64:], config, checkpoint, progress=False)
+    assert result.resumed_from_epoch == 3
+    assert [record.epoch for record in result.history] == list(range(1, 7))
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_a_checkpoint_from_other_settings_is_not_resumed(tmp_path: Path) -> None:
+    images, targets = toy_problem()
+    checkpoint = tmp_path / "last.pt"
+    fit(make_model(), images[:64], targets[:64], images[64:], targets[64:], FitConfig(max_epochs=2), checkpoint, progress=False)
+    result = fit(make_model(), images[:64], targets[:64], images[64:], targets[64:], FitConfig(max_epochs=3, lr=5e-4), checkpoint, progress=False)
+    assert result.resumed_from_epoch == 0 and len(result.history) == 3
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            resolve_device("cuda")
