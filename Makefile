@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
 	touch $@
 
-run: install  ## the main job: dvc repro on params.yaml (synthetic data by default), then the metrics
+run: install  ## the main job: dvc repro on params.yaml (synthetic data by default), then a metrics table
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/python -m lipseg.evaluation metrics.json
 
 test: install  ## unit tests + the tiny end-to-end pipeline test
 	$(BIN)/python -m pytest

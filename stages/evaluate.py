@@ -8,7 +8,7 @@ import numpy as np
 
 from lipseg.crop import CropSet
 from lipseg.datasets.helen import load_split
-from lipseg.evaluation import ced_table, ground_truth_for, overlay_tiles, per_cluster, score, write_prediction_files
+from lipseg.evaluation import ced_table, format_summary, ground_truth_for, overlay_tiles, per_cluster, score, write_prediction_files
 from lipseg.io import atomic_directory, load_npz, load_params, write_json_atomic, write_png_atomic, write_text_atomic
 from lipseg.masks import overlay_grid
 from lipseg.plots import ced_curves
@@ -68,10 +68,7 @@ def main() -> None:
             example = test.images[: min(4, len(test))]
             version = run.register_tcnn(MODELS["tweaked"], example, crop_predictions["tweaked"].lips[: len(example)])
             print(f"evaluate: registered lipseg-tcnn version {version} (alias champion)")
-    for label in scores:
-        m = metrics[label]
-        print(f"evaluate: {label:8s} lips F1 {m['f1_lips']:.4f} upper {m['f1_upper_lip']:.4f} lower {m['f1_lower_lip']:.4f} "
-              f"inner {m['f1_inner_mouth']:.4f} NME_io {m['nme_io']:.4f} (re-spaced GT {m['nme_io_respaced']:.4f})")
+    print(format_summary(metrics))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,7 @@ def main() -> None:
         distances = head_weight_distances(tweaked)
         for report in reports:
             with run.child(f"head_{report.cluster}", {"cluster": report.cluster, "lr": config.lr}) as child:
-                for record in report.history:
-                    child.log_metrics({"train_loss": record.train_loss, "val_loss": record.val_loss, "val_nme": record.val_nme}, step=record.epoch)
+                child.log_history([asdict(record) for record in report.history], ("train_loss", "val_loss", "val_nme"))
                 child.set_tags({"fallback_to_base_head": report.fallback, "val_scope": report.val_scope})
                 child.log_numbers(report.as_dict())
         fallbacks = [report.cluster for report in reports if report.fallback]

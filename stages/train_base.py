@@ -49,6 +49,7 @@ def main() -> None:
     fit_config = FitConfig(
         lr=float(params["lr"]), batch_size=int(params["batch_size"]), max_epochs=int(params["max_epochs"]),
         patience=int(params["patience"]), weight_decay=float(params["weight_decay"]),
+        lr_patience=int(params["lr_patience"]), lr_factor=float(params["lr_factor"]),
         seed=int(params["seed"]), device=str(params["device"]),
     )
     with stage_run("train_base", params) as run:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -38,3 +40,14 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     generate_synthetic_dataset(root, n_train=30, n_test=10, image_size=128, seed=7, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def lipeval() -> ModuleType:
+    """The official scorer (../shared/tools/lipeval.py) as a module; skips when it is not here."""
+    if not LIPEVAL.is_file():
+        pytest.skip(f"lipeval not found at {LIPEVAL}")
+    spec = importlib.util.spec_from_file_location("lipeval_reference", LIPEVAL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

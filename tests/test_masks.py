@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -22,18 +20,6 @@ from lipseg.masks import (
     overlay_grid,
     rasterise_polygons,
 )
-
-LIPEVAL_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "lipeval.py"
-
-
-def load_lipeval() -> ModuleType:
-    """The official scorer as a module; skips the calling test when it is not on this machine."""
-    if not LIPEVAL_PATH.is_file():
-        pytest.skip(f"lipeval not found at {LIPEVAL_PATH}")
-    spec = importlib.util.spec_from_file_location("lipeval_reference", LIPEVAL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def synthetic_lips(
@@ -201,8 +187,7 @@ def random_mouths(count: int, seed: int) -> list[np.ndarray]:
 
 @pytest.mark.helen
 @pytest.mark.parametrize("supersample", [1, 2, 4])
-def test_rasterisation_equals_lipeval(supersample: int) -> None:
-    lipeval = load_lipeval()
+def test_rasterisation_equals_lipeval(supersample: int, lipeval: ModuleType) -> None:
     height, width = 64, 72
     for lips in random_mouths(60, seed=supersample):
         ours = label_mask_from_lips(lips, height, width, supersample)

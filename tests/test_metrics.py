@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -29,20 +28,6 @@ from lipseg.metrics import (
     point_errors,
     summarise,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-LIPEVAL_PATH = SHARED / "tools" / "lipeval.py"
-HELEN_DIR = SHARED / "data" / "helen_sample"
-
-
-def load_lipeval() -> ModuleType:
-    """The official scorer as a module; skips the calling test when it is not on this machine."""
-    if not LIPEVAL_PATH.is_file():
-        pytest.skip(f"lipeval not found at {LIPEVAL_PATH}")
-    spec = importlib.util.spec_from_file_location("lipeval_reference", LIPEVAL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def synthetic_face(centre_x: float = 60.0, centre_y: float = 70.0, half_width: float = 18.0,
@@ -226,15 +211,12 @@ def read_helen_annotation(path: Path) -> tuple[str, np.ndarray]:
 
 
 @pytest.mark.helen
-def test_summary_equals_lipeval_on_helen_sample(tmp_path: Path) -> None:
-    if not HELEN_DIR.is_dir():
-        pytest.skip(f"Helen sample not found at {HELEN_DIR}")
-    lipeval = load_lipeval()
-    names = [line.strip() for line in (HELEN_DIR / "testnames.txt").read_text().splitlines()
+def test_summary_equals_lipeval_on_helen_sample(tmp_path: Path, lipeval: ModuleType, helen_dir: Path) -> None:
+    names = [line.strip() for line in (helen_dir / "testnames.txt").read_text().splitlines()
              if line.strip()][:40]
     wanted = set(names)
     annotations = {}
-    for path in (HELEN_DIR / "annotation").glob("*.txt"):
+    for path in (helen_dir / "annotation").glob("*.txt"):
         name, points = read_helen_annotation(path)
         if name in wanted:
             annotations[name] = points
@@ -247,7 +229,7 @@ def test_summary_equals_lipeval_on_helen_sample(tmp_path: Path) -> None:
     for index, name in enumerate(names):
         points = annotations[name]
         # Same flags as lipeval: EXIF orientation must not swap height and width.
-        image = cv2.imread(str(HELEN_DIR / "images" / f"{name}.jpg"),
+        image = cv2.imread(str(helen_dir / "images" / f"{name}.jpg"),
                            cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         height, width = image.shape[:2]
         truths.append(GroundTruthFace(points, height, width, name))
@@ -277,7 +259,7 @@ def test_summary_equals_lipeval_on_helen_sample(tmp_path: Path) -> None:
     names_file = tmp_path / "names.txt"
     names_file.write_text("\n".join(names) + "\n")
 
-    reference = lipeval.evaluate(str(HELEN_DIR), str(pred_dir), "test", names_file=str(names_file),
+    reference = lipeval.evaluate(str(helen_dir), str(pred_dir), "test", names_file=str(names_file),
                                  quiet=True)
     ours = summarise(predictions, truths)
 

@@ -5,16 +5,13 @@ tracks itself in MLflow, and after a parameter change reruns exactly the stages 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from lipseg.devtools import dvc_repro, make_scratch_repo, run_checked, set_params
 
 ROOT = Path(__file__).resolve().parents[1]
 LIPEVAL = ROOT.parent / "shared" / "tools" / "lipeval.py"
@@ -30,55 +27,14 @@ TINY = {
 }
 
 
-def deep_update(target: dict, changes: dict) -> None:
-    for key, value in changes.items():
-        if isinstance(value, dict):
-            deep_update(target.setdefault(key, {}), value)
-        else:
-            target[key] = value
-
-
-def set_params(repo: Path, changes: dict) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    deep_update(params, changes)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def run(command: list[str], repo: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout + done.stderr
-
-
 def repro(repo: Path, env: dict[str, str]) -> list[str]:
-    """Stages DVC reports as run, in order."""
-    output = run([sys.executable, "-m", "dvc", "repro"], repo, env)
-    return re.findall(r"Running stage '([a-z_]+)'", output)
+    return dvc_repro(repo, env)[0]
 
 
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    repo.mkdir()
-    for item in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy2(ROOT / item, repo / item)
-    for folder in ("stages", "src"):
-        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    set_params(repo, TINY)
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_TRACKING_URI", "LIPSEG_PIPELINE_ID"))}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
-        "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1",
-    })
-    run(["git", "init", "-q"], repo, env)
-    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
-    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], repo, env)
-    run([sys.executable, "-m", "dvc", "config", "core.check_update", "false"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "tiny pipeline"], repo, env)
-    return repo, env
+    return repo, make_scratch_repo(repo, ROOT, TINY)
 
 
 @pytest.mark.slow
@@ -97,7 +53,7 @@ def test_full_run_then_incremental_reruns(pipeline_repo: tuple[Path, dict[str, s
     for artifact in ("reports/evaluate/overlays.png", "reports/evaluate/ced.png", "reports/fit_gmm/bic.png",
                      "reports/fit_gmm/cluster_0.png", "reports/train_base/history.csv", "models/tcnn/model.safetensors"):
         assert (repo / artifact).is_file(), artifact
-    assert run([sys.executable, "-m", "dvc", "status"], repo, env).strip().endswith("Data and pipelines are up to date.")
+    assert run_checked([sys.executable, "-m", "dvc", "status"], repo, env).strip().endswith("Data and pipelines are up to date.")
 
     # Nothing changed: nothing runs.
     assert repro(repo, env) == []
@@ -137,7 +93,7 @@ def test_lipeval_agrees_with_the_pipeline(pipeline_repo: tuple[Path, dict[str, s
         repro(repo, env)
     metrics = json.loads((repo / "metrics.json").read_text())
     report = tmp_path / "lipeval.json"
-    run([sys.executable, str(LIPEVAL), "--gt", str(repo / "data/raw"), "--split", "test",
+    run_checked([sys.executable, str(LIPEVAL), "--gt", str(repo / "data/raw"), "--split", "test",
          "--pred", str(repo / "reports/evaluate/pred_test/tweaked"), "--json", str(report), "--quiet"], repo, env)
     official = json.loads(report.read_text())
     for name in ("lips", "upper_lip", "lower_lip", "inner_mouth", "mouth"):

@@ -120,3 +120,25 @@ def overlay_tiles(crops: CropSet, records: dict[str, Record], scores: dict[str, 
             tiles.append(tile)
             captions.append(f"{name} {label}")
     return tiles, captions
+
+
+SUMMARY_COLUMNS = (("lips", "f1_lips"), ("upper", "f1_upper_lip"), ("lower", "f1_lower_lip"), ("inner", "f1_inner_mouth"),
+                   ("mouth", "f1_mouth"), ("NME_io", "nme_io"), ("NME_io*", "nme_io_respaced"), ("NME_mw", "nme_mw"),
+                   ("FR@0.1", "failure_rate"))
+
+
+def format_summary(metrics: dict[str, Any]) -> str:
+    """A readable table of metrics.json: F1 per class, NMEs and failure rate for base and tweaked."""
+    lines = [f"test images: {metrics['test_images']} (crops from {metrics['crops_from']}), K = {metrics['k']}",
+             f"{'model':8s}" + "".join(f"{title:>9s}" for title, _ in SUMMARY_COLUMNS)]
+    for model in ("base", "tweaked"):
+        lines.append(f"{model:8s}" + "".join(f"{metrics[model][key]:9.4f}" for _, key in SUMMARY_COLUMNS))
+    lines.append("F1 = pooled pixel F1 (EVALUATION.md); NME_io* = against the arc-length re-spaced ground truth")
+    lines.append(f"tweaked / base NME_io* = {metrics['tweaked']['nme_io_respaced'] / metrics['base']['nme_io_respaced']:.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(format_summary(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "metrics.json").read_text(encoding="utf-8"))))

@@ -50,6 +50,8 @@ class FitConfig:
     max_epochs: int = 60
     patience: int = 8
     weight_decay: float = 0.0
+    lr_patience: int = 0  # >0: halve the learning rate after this many epochs without a better val NME
+    lr_factor: float = 0.5
     seed: int = 0
     device: str = "auto"
 
@@ -60,6 +62,7 @@ class EpochRecord:
     train_loss: float
     val_loss: float
     val_nme: float
+    lr: float
     seconds: float
 
 
@@ -130,6 +133,9 @@ def fit(
     if len(train_inputs) == 0 or len(val_inputs) == 0:
         raise ValueError(f"need training and validation data (got {len(train_inputs)} and {len(val_inputs)})")
     optimiser = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, mode="min", factor=config.lr_factor, patience=max(config.lr_patience, 1)
+    ) if config.lr_patience > 0 else None
     shuffler = torch.Generator().manual_seed(config.seed)
     result = FitResult()
     best_state = copy.deepcopy(module.state_dict())
@@ -141,6 +147,8 @@ def fit(
         if state.get("fingerprint") == tag:
             module.load_state_dict(state["module"])
             optimiser.load_state_dict(state["optimiser"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
             shuffler.set_state(state["shuffler"])
             best_state = state["best_state"]
             bad_epochs = state["bad_epochs"]
@@ -172,7 +180,9 @@ def fit(
             optimiser.step()
             loss_sum += loss.item() * len(index)
         val_loss, val_nme = _evaluate(module, val_inputs, val_targets, max(config.batch_size, 256), device)
-        record = EpochRecord(epoch, loss_sum / len(order), val_loss, val_nme, time.perf_counter() - started)
+        if scheduler is not None:
+            scheduler.step(val_nme)
+        record = EpochRecord(epoch, loss_sum / len(order), val_loss, val_nme, optimiser.param_groups[0]["lr"], time.perf_counter() - started)
         result.history.append(record)
         if val_nme < result.best_val_nme:
             result.best_val_nme, result.best_epoch, bad_epochs = val_nme, epoch, 0
@@ -190,6 +200,7 @@ def fit(
                 {
                     "fingerprint": tag, "epoch": epoch, "module": module.state_dict(),
                     "optimiser": optimiser.state_dict(), "shuffler": shuffler.get_state(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
                     "best_state": best_state, "bad_epochs": bad_epochs,
                     "history": [asdict(item) for item in result.history],
                     "best_epoch": result.best_epoch, "best_val_nme": result.best_val_nme,

@@ -39,6 +39,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from lipseg.io import atomic_directory
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -620,9 +622,7 @@ def assemble_helen_layout(sources: list[Path], out_dir: Path) -> dict:
 
     if out_dir.exists() and (not out_dir.is_dir() or not _looks_like_layout(out_dir)):
         raise LayoutError(f"refusing to replace {out_dir}: it holds files that are not a Helen layout")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.assemble-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         (tmp / "images").mkdir()
         (tmp / "annotation").mkdir()
         for name, src in images.items():
@@ -631,12 +631,6 @@ def assemble_helen_layout(sources: list[Path], out_dir: Path) -> dict:
             shutil.copy2(src, tmp / "annotation" / name)
         for name, src in lists.items():
             shutil.copy2(src, tmp / name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     image_stems = {Path(n).stem for n in images}
     unmatched = 0

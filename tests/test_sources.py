@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lipseg.datasets.helen import DatasetError, load_split
+from lipseg.datasets.sources import materialise
+
+
+def test_helen_source_copies_the_layout_and_leaves_the_source_alone(tmp_path: Path, synthetic_dir: Path) -> None:
+    before = sorted(path.relative_to(synthetic_dir) for path in synthetic_dir.rglob("*"))
+    out = tmp_path / "raw"
+    out.mkdir()
+    summary = materialise({"source": "helen", "helen_path": str(synthetic_dir)}, out, tmp_path / "cache", progress=False)
+    assert summary == {"source": "helen", "images": 40, "annotations": 40}
+    assert sorted(path.relative_to(synthetic_dir) for path in synthetic_dir.rglob("*")) == before
+    assert not (out / "states.csv").exists()  # only the Helen layout is copied
+    records, rejects = load_split(out, "test")
+    assert len(records) == 10 and rejects == []
+
+
+def test_synthetic_source_is_deterministic(tmp_path: Path) -> None:
+    params = {"source": "synthetic", "seed": 3, "synthetic": {"n_train": 4, "n_test": 2, "image_size": 96}}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        materialise(params, tmp_path / name, tmp_path / "cache", progress=False)
+    first = sorted((tmp_path / "a" / "annotation").iterdir())
+    second = sorted((tmp_path / "b" / "annotation").iterdir())
+    assert len(first) == 6 and [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [({"source": "nope"}, "data.source must be one of"), ({"source": "url", "urls": []}, "data.urls is empty"),
+     ({"source": "helen", "helen_path": "/definitely/not/here"}, "folder not found")],
+)
+def test_bad_source_params_are_clear_errors(tmp_path: Path, params: dict, message: str) -> None:
+    with pytest.raises(DatasetError, match=message):
+        materialise(params, tmp_path, tmp_path / "cache", progress=False)
