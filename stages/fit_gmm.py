@@ -50,6 +50,8 @@ def main() -> None:
             run.log_metrics({"bic": row["bic"], "aic": row["aic"]}, step=row["k"])
         run.log_artifacts(REPORT_DIR, "fit_gmm")
     print(f"fit_gmm: K={mixture.n_components} ({'by BIC' if k == 'auto' else 'fixed'}), cluster sizes {sizes}")
+    if k == "auto" and mixture.n_components == config.k_range[1]:
+        print(f"fit_gmm: warning: BIC chose the largest K in gmm.k_range {list(config.k_range)}; a wider range may fit better")
 
 
 if __name__ == "__main__":
