@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lipseg.crop import CropGeometry, augmentation_from_params, make_crops, normalisation_images, split_train_val
+import numpy as np
+
+from lipseg.crop import (
+    CropGeometry, FaceToMouth, augmentation_from_params, box_differences, make_crops, normalisation_images, split_train_val,
+)
 from lipseg.datasets.helen import DatasetError, load_split
+from lipseg.detect import DlibMouthLocator, detect_record_mouths
+from lipseg.landmarks import HELEN_LIPS, respace_lips
 from lipseg.io import atomic_directory, load_params, write_json_atomic, write_npz_atomic
 from lipseg.tracking import stage_run
 
@@ -22,16 +28,40 @@ def main() -> None:
         train_records, train_rejects = load_split(RAW_DIR, "train")
         test_records, test_rejects = load_split(RAW_DIR, "test")
         fit_records, val_records = split_train_val(train_records, float(params["val_fraction"]), seed)
+        box_source = str(params["box_source"])
+        if box_source not in ("gt", "detector"):
+            raise ValueError(f"crop.box_source must be 'gt' or 'detector', got {box_source!r}")
+        # dlib runs on every image either way: its boxes feed `detector` crops, the measured GT-vs-dlib
+        # box difference, and the face-box -> mouth-box statistics of the cascade's first pass.
+        locator = DlibMouthLocator(str(params["detector"]), int(params["detector_upsample"]))
+        detections = detect_record_mouths(train_records + test_records, locator, desc=f"dlib {params['detector']}")
+        detected_mouths = {name: detection.mouth for name, detection in detections.items()}
+        truth = {record.name: respace_lips(record.points[HELEN_LIPS]) for record in train_records + test_records}
+        box_points = detected_mouths if box_source == "detector" else None
         splits = {
-            "train": make_crops(fit_records, geometry, augmentation, seed=seed, desc="crop train"),
-            "val": make_crops(val_records, geometry, None, desc="crop val"),
-            "test": make_crops(test_records, geometry, None, desc="crop test"),
+            "train": make_crops(fit_records, geometry, augmentation, seed=seed, desc="crop train", box_points=box_points),
+            "val": make_crops(val_records, geometry, None, desc="crop val", box_points=box_points),
+            "test": make_crops(test_records, geometry, None, desc="crop test", box_points=box_points),
         }
+        train_found = [record.name for record in fit_records if record.name in detections]
+        face_to_mouth = FaceToMouth.fit(
+            np.array([detections[name].face.box for name in train_found]).reshape(-1, 4),
+            np.array([geometry.box(truth[name])[0] for name in train_found]).reshape(-1, 2),
+            np.array([geometry.box(truth[name])[1] for name in train_found]),
+        ) if train_found else None
         rejects = [{"split": "train", **r.as_dict()} for r in train_rejects] + [{"split": "test", **r.as_dict()} for r in test_rejects]
         for split, crops in splits.items():
             rejects += [{"split": split, **r.as_dict()} for r in crops.rejects]
         manifest = {
             "geometry": geometry.to_dict(),
+            "box_source": box_source,
+            "detector": {
+                "kind": params["detector"], "upsample": int(params["detector_upsample"]),
+                "found": {"train": sum(r.name in detections for r in train_records), "test": sum(r.name in detections for r in test_records)},
+                "images": {"train": len(train_records), "test": len(test_records)},
+                "box_vs_ground_truth": box_differences(geometry, detected_mouths, truth),
+            },
+            "face_to_mouth": face_to_mouth.to_dict() if face_to_mouth else None,
             "counts": {split: {"images": int((crops.copy_index == 0).sum()), "crops": len(crops)} for split, crops in splits.items()},
             "rejected": len(rejects),
             "rejects": rejects,
@@ -48,7 +78,7 @@ def main() -> None:
                 write_npz_atomic(staging / f"{split}.npz", **crops.arrays())
             write_npz_atomic(staging / "norm.npz", mean=mean, std=std)
             write_json_atomic(staging / "manifest.json", manifest)
-        run.log_numbers({"counts": manifest["counts"], "rejected": len(rejects)})
+        run.log_numbers({"counts": manifest["counts"], "rejected": len(rejects), "detector": manifest["detector"]})
         run.log_artifact(CROPS_DIR / "manifest.json")
     print(f"crop: {manifest['counts']}, rejected {len(rejects)}")
 

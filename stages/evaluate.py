@@ -12,7 +12,7 @@ from lipseg.evaluation import ced_table, format_summary, ground_truth_for, overl
 from lipseg.io import atomic_directory, load_npz, load_params, write_json_atomic, write_png_atomic, write_text_atomic
 from lipseg.masks import overlay_grid
 from lipseg.plots import ced_curves
-from lipseg.predictor import load_model_folder, predict_crops
+from lipseg.model_folder import load_model_folder, predict_crops
 from lipseg.tracking import stage_run
 
 RAW_DIR = Path("data/raw")

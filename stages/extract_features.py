@@ -7,7 +7,7 @@ from pathlib import Path
 from lipseg.crop import CropSet
 from lipseg.heads import trunk_and_fc5
 from lipseg.io import load_npz, load_params, write_npz_atomic
-from lipseg.predictor import load_model_folder
+from lipseg.model_folder import load_model_folder
 from lipseg.tracking import stage_run
 
 CROPS_DIR = Path("data/crops")

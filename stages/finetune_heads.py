@@ -11,7 +11,7 @@ from lipseg.crop import CropSet
 from lipseg.gmm import load_gmm
 from lipseg.heads import HeadsConfig, finetune_heads, head_weight_distances
 from lipseg.io import atomic_directory, load_npz, load_params, write_json_atomic
-from lipseg.predictor import load_model_folder, save_model_folder
+from lipseg.model_folder import load_model_folder, save_model_folder
 from lipseg.tracking import stage_run
 from lipseg.train import set_determinism
 
@@ -27,7 +27,7 @@ def main() -> None:
     params = load_params("heads")
     config = HeadsConfig(**{key: params[key] for key in HeadsConfig.__dataclass_fields__})
     set_determinism(config.seed)
-    base, geometry, _ = load_model_folder(BASE_DIR)
+    base, geometry, base_meta = load_model_folder(BASE_DIR)
     mixture = load_gmm(GMM_FILE)
     train = CropSet.from_arrays(load_npz(CROPS_DIR / "train.npz"))
     val = CropSet.from_arrays(load_npz(CROPS_DIR / "val.npz"))
@@ -41,7 +41,9 @@ def main() -> None:
                 child.log_numbers(report.as_dict())
         fallbacks = [report.cluster for report in reports if report.fallback]
         with atomic_directory(MODEL_DIR) as staging:
-            save_model_folder(staging, tweaked, geometry, extra={"fallback_clusters": fallbacks})
+            save_model_folder(staging, tweaked, geometry, extra={
+                "fallback_clusters": fallbacks, "box_source": base_meta["box_source"], "face_to_mouth": base_meta["face_to_mouth"],
+            })
         summary = {
             "k": len(reports), "fallback_clusters": fallbacks,
             "heads": [report.as_dict() for report in reports],

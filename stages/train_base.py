@@ -14,7 +14,7 @@ from lipseg.crop import CropGeometry, CropSet
 from lipseg.io import atomic_directory, load_npz, load_params, write_text_atomic
 from lipseg.model import TCNNConfig, VanillaTCNN, images_to_tensor
 from lipseg.plots import training_curves
-from lipseg.predictor import save_model_folder
+from lipseg.model_folder import save_model_folder
 from lipseg.tracking import stage_run
 from lipseg.train import FitConfig, fit, resolve_device, set_determinism
 
@@ -39,7 +39,7 @@ def main() -> None:
     train = CropSet.from_arrays(load_npz(CROPS_DIR / "train.npz"))
     val = CropSet.from_arrays(load_npz(CROPS_DIR / "val.npz"))
     norm = load_npz(CROPS_DIR / "norm.npz")
-    manifest_geometry = json.loads((CROPS_DIR / "manifest.json").read_text(encoding="utf-8"))["geometry"]
+    manifest = json.loads((CROPS_DIR / "manifest.json").read_text(encoding="utf-8"))
     config = TCNNConfig(
         input_size=train.images.shape[1], conv_channels=list(params["conv_channels"]),
         conv_kernels=list(params["conv_kernels"]), fc5=int(params["fc5"]),
@@ -66,7 +66,9 @@ def main() -> None:
         )
         model.cpu()
         with atomic_directory(MODEL_DIR) as staging:
-            save_model_folder(staging, model, CropGeometry(**manifest_geometry), extra={"best_epoch": result.best_epoch})
+            save_model_folder(staging, model, CropGeometry(**manifest["geometry"]), extra={
+                "best_epoch": result.best_epoch, "box_source": manifest["box_source"], "face_to_mouth": manifest["face_to_mouth"],
+            })
         history = [asdict(record) for record in result.history]
         write_text_atomic(HISTORY_CSV, history_csv(history))
         training_curves(history, CURVES_PNG, "train_base")

@@ -51,3 +51,36 @@ def lipeval() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
+    """A tweaked TCNN model folder (K=2), briefly trained on the synthetic crops: enough for I/O paths."""
+    import numpy as np
+    import torch
+
+    from lipseg.crop import CropGeometry, FaceToMouth, make_crops, normalisation_images
+    from lipseg.datasets.helen import load_split
+    from lipseg.gmm import GMMConfig, fit_gmm
+    from lipseg.heads import HeadsConfig, finetune_heads, trunk_and_fc5
+    from lipseg.model import TCNNConfig, VanillaTCNN, images_to_tensor
+    from lipseg.model_folder import save_model_folder
+    from lipseg.train import FitConfig, fit, set_determinism
+
+    set_determinism(0)
+    records, _ = load_split(synthetic_dir, "train")
+    geometry = CropGeometry()
+    crops = make_crops(records, geometry, None, progress=False)
+    model = VanillaTCNN(TCNNConfig(conv_channels=[8, 16, 16, 16], fc5=32))
+    model.normaliser.set_images(*normalisation_images(crops.images))
+    inputs, targets = images_to_tensor(crops.images), torch.from_numpy(crops.lips)
+    fit(model, inputs, targets, inputs[:8], targets[:8], FitConfig(lr=3e-3, batch_size=16, max_epochs=15, patience=15), progress=False)
+    _, features = trunk_and_fc5(model, crops.images)
+    mixture, _ = fit_gmm(features, GMMConfig(k=2, n_init=1))
+    tweaked, _ = finetune_heads(model, mixture, crops.images, crops.lips, crops.images, crops.lips,
+                                HeadsConfig(epochs=1, min_cluster_size=1), progress=False)
+    folder = tmp_path_factory.mktemp("model") / "tcnn"
+    face_to_mouth = FaceToMouth(dx=0.0, dy=0.27, scale=0.62, samples=0)
+    save_model_folder(folder, tweaked, geometry, extra={"box_source": "gt", "face_to_mouth": face_to_mouth.to_dict()})
+    assert np.isfinite(features).all()
+    return folder

@@ -162,8 +162,13 @@ def make_crops(
     seed: int = 0,
     desc: str = "crop",
     progress: bool = True,
+    box_points: dict[str, np.ndarray] | None = None,
 ) -> CropSet:
-    """Crops for `records`: one unjittered crop each, plus `augmentation.copies` jittered ones."""
+    """Crops for `records`: one unjittered crop each, plus `augmentation.copies` jittered ones.
+
+    The crop box comes from the ground-truth lips, or from `box_points[name]` (e.g. a detector's mouth
+    points) when given; a record missing from `box_points` is rejected, never silently GT-cropped.
+    """
     rng = np.random.default_rng(seed)
     columns: dict[str, list] = {key: [] for key in CropSet.__dataclass_fields__ if key != "rejects"}
     rejects: list[Reject] = []
@@ -179,7 +184,10 @@ def make_crops(
             rejects.append(Reject(record.name, str(record.annotation_path), "lip points lie outside the image"))
             continue
         canonical = respace_lips(raw_lips)
-        centre, side = geometry.box(canonical)
+        if box_points is not None and record.name not in box_points:
+            rejects.append(Reject(record.name, str(record.image_path), "no face found by the detector"))
+            continue
+        centre, side = geometry.box(box_points[record.name] if box_points is not None else canonical)
         copies = 1 + (augmentation.copies if augmentation else 0)
         for copy in range(copies):
             if copy == 0:
@@ -234,3 +242,53 @@ def split_train_val(records: list[Record], val_fraction: float, seed: int) -> tu
 
 def augmentation_from_params(values: dict) -> Augmentation:
     return Augmentation(**{key: values[key] for key in Augmentation.__dataclass_fields__ if key in values})
+
+
+@dataclass(frozen=True)
+class FaceToMouth:
+    """Where the mouth box sits in a face box, measured on training images (medians, robust to misses).
+
+    It lets a face box alone give a first, loose mouth crop (the coarse-to-fine cascade's first pass).
+    """
+
+    dx: float  # (mouth centre x - face centre x) / face width
+    dy: float  # (mouth centre y - face centre y) / face height
+    scale: float  # mouth box side / face width
+    samples: int = 0
+
+    @classmethod
+    def fit(cls, face_boxes: np.ndarray, centres: np.ndarray, sides: np.ndarray) -> FaceToMouth:
+        boxes = np.asarray(face_boxes, np.float64)
+        width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        face_centre = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+        offsets = np.asarray(centres, np.float64) - face_centre
+        return cls(float(np.median(offsets[:, 0] / width)), float(np.median(offsets[:, 1] / height)),
+                   float(np.median(np.asarray(sides) / width)), len(boxes))
+
+    def box(self, face_box: np.ndarray) -> tuple[np.ndarray, float]:
+        x0, y0, x1, y1 = np.asarray(face_box, np.float64)
+        centre = np.array([(x0 + x1) / 2 + self.dx * (x1 - x0), (y0 + y1) / 2 + self.dy * (y1 - y0)])
+        return centre, self.scale * (x1 - x0)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def box_differences(geometry: CropGeometry, detected: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, float]:
+    """How a detector's mouth box differs from the ground-truth one: centre offset as a fraction of
+    the GT side, and log side ratio (to compare with the training jitter)."""
+    shifts, log_scales = [], []
+    for name, points in detected.items():
+        centre, side = geometry.box(points)
+        gt_centre, gt_side = geometry.box(truth[name])
+        shifts.append((centre - gt_centre) / gt_side)
+        log_scales.append(math.log(side / gt_side))
+    if not shifts:
+        return {"samples": 0}
+    shift_array, scale_array = np.asarray(shifts), np.asarray(log_scales)
+    return {
+        "samples": len(shifts),
+        "shift_x_mean": float(shift_array[:, 0].mean()), "shift_y_mean": float(shift_array[:, 1].mean()),
+        "shift_x_std": float(shift_array[:, 0].std()), "shift_y_std": float(shift_array[:, 1].std()),
+        "log_scale_mean": float(scale_array.mean()), "log_scale_std": float(scale_array.std()),
+    }

@@ -16,7 +16,7 @@ from lipseg.io import write_text_atomic
 from lipseg.landmarks import HELEN_LIPS, mouth_widths, respace_lips
 from lipseg.masks import crop_around, label_mask_from_lips, overlay
 from lipseg.metrics import GroundTruthFace, ced_curve, headline_metrics, nme, summarise
-from lipseg.predictor import CropPredictions
+from lipseg.model_folder import CropPredictions
 
 
 @dataclass

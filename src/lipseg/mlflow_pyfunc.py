@@ -10,7 +10,7 @@ import numpy as np
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-from lipseg.predictor import load_model_folder, predict_crops
+from lipseg.model_folder import load_model_folder, predict_crops
 
 
 class LipsegTCNNPyfunc(PythonModel):

@@ -1,100 +1,152 @@
-"""The self-contained model folder: weights (safetensors), config, crop geometry, schema version.
-
-The mean/std images and the GMM gate are buffers inside the weights, so the folder alone reproduces
-predictions; nothing is pickled.
-"""
+"""Photos and video frames in, lips out: dlib finds faces, the mouth is located, cropped with the
+training geometry, and the TCNN (torch or onnxruntime) gives 56 points per face."""
 
 from __future__ import annotations
 
-import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
-from lipseg import __version__
-from lipseg.crop import CropGeometry
-from lipseg.io import write_json_atomic
-from lipseg.model import TCNNConfig, TweakedTCNN, VanillaTCNN, images_to_tensor
-
-SCHEMA = "lipseg-tcnn/1"
-KNOWN_SCHEMAS = (SCHEMA,)
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "lipseg_model.json"
+from lipseg.crop import FaceToMouth, crop_to_image, image_to_crop_transform, warp_crop
+from lipseg.detect import DlibMouthLocator, cached_detector, to_rgb
+from lipseg.model_folder import WEIGHTS_FILE, CropPredictions, ModelFolderError, load_model_folder, predict_crops
 
 
-class ModelFolderError(RuntimeError):
-    """A model folder that is missing, incomplete, or of an unknown schema."""
+MOUTH_SOURCES = ("dlib68", "cascade")
+ENGINES = ("torch", "onnx")
 
 
-def save_model_folder(
-    folder: Path, model: VanillaTCNN | TweakedTCNN, geometry: CropGeometry, extra: dict | None = None
-) -> None:
-    """Write weights and metadata into `folder` (the caller makes the folder itself atomic)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    kind = "tweaked" if isinstance(model, TweakedTCNN) else "vanilla"
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"schema": SCHEMA})
-    meta = {
-        "schema": SCHEMA,
-        "lipseg_version": __version__,
-        "kind": kind,
-        "config": model.config.to_dict(),
-        "components": len(model.heads) if kind == "tweaked" else 0,
-        "geometry": geometry.to_dict(),
-        "points": "56 Helen lip points (58..113 order), each contour re-spaced by arc length",
-        "input": "BGR uint8 crops (B, S, S, 3) -> float (B, 3, S, S) in [0, 255]",
-        **(extra or {}),
-    }
-    write_json_atomic(folder / META_FILE, meta)
+def onnx_cache_dir() -> Path:
+    return Path(os.environ.get("LIPSEG_CACHE") or Path.home() / ".cache" / "lipseg") / "onnx"
 
 
-def read_model_meta(folder: Path) -> dict:
-    meta_path = Path(folder) / META_FILE
-    if not meta_path.is_file():
-        raise ModelFolderError(f"{folder} is not a lipseg model folder (no {META_FILE})")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("schema") not in KNOWN_SCHEMAS:
-        raise ModelFolderError(
-            f"{folder}: unknown model schema {meta.get('schema')!r}; this lipseg ({__version__}) reads {KNOWN_SCHEMAS}"
-        )
-    return meta
+class OnnxCropRunner:
+    """The model folder's network in onnxruntime (exported once per weights file, cached by hash):
+    several times faster than torch for single small crops on a CPU."""
 
+    def __init__(self, model_folder: Path, threads: int = 1):
+        import hashlib
 
-def load_model_folder(folder: Path) -> tuple[VanillaTCNN | TweakedTCNN, CropGeometry, dict]:
-    folder = Path(folder)
-    meta = read_model_meta(folder)
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelFolderError(f"{folder}: {WEIGHTS_FILE} is missing")
-    config = TCNNConfig.from_dict(meta["config"])
-    model: VanillaTCNN | TweakedTCNN
-    model = TweakedTCNN(config, meta["components"]) if meta["kind"] == "tweaked" else VanillaTCNN(config)
-    model.load_state_dict(load_file(str(weights)))
-    return model.eval(), CropGeometry(**meta["geometry"]), meta
+        from lipseg.export import BASE_FILE, SIDECAR_FILE, TWEAKED_FILE, export_onnx, onnx_session
+
+        digest = hashlib.sha256((Path(model_folder) / WEIGHTS_FILE).read_bytes()).hexdigest()[:20]
+        cache = onnx_cache_dir() / digest
+        if not (cache / SIDECAR_FILE).is_file():
+            export_onnx(Path(model_folder), cache)
+        path = cache / TWEAKED_FILE if (cache / TWEAKED_FILE).is_file() else cache / BASE_FILE
+        self.session = onnx_session(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def __call__(self, images: np.ndarray) -> CropPredictions:
+        crops = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+        outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: crops})))
+        clusters = outputs.get("cluster", np.full(len(images), -1))
+        return CropPredictions(outputs["lips"].astype(np.float32), np.asarray(clusters, np.int64))
 
 
 @dataclass
-class CropPredictions:
-    lips: np.ndarray  # (N, 56, 2) normalised crop coordinates
-    clusters: np.ndarray  # (N,) head used; -1 for a vanilla model
+class FaceLips:
+    """One face: its detector box, the square crop used, 56 lip points in image pixels, the head used."""
+
+    box: np.ndarray  # (4,) face box x0, y0, x1, y1 (the crop box when tracking without detection)
+    score: float
+    crop_box: np.ndarray  # (4,) bounds of the crop square
+    lips: np.ndarray  # (56, 2) image pixels, Helen lip order (contours re-spaced)
+    cluster: int  # GMM cluster = head used; -1 for a vanilla model
+
+    def to_json(self) -> dict:
+        return {
+            "lips": self.lips.astype(np.float64).round(3).tolist(),
+            "box": self.box.astype(np.float64).round(2).tolist(),
+            "crop_box": self.crop_box.astype(np.float64).round(2).tolist(),
+            "score": round(float(self.score), 4),
+            "cluster": int(self.cluster),
+            "head": f"cluster_{self.cluster}" if self.cluster >= 0 else "base",
+        }
 
 
-@torch.no_grad()
-def predict_crops(model: VanillaTCNN | TweakedTCNN, images: np.ndarray, batch_size: int = 256) -> CropPredictions:
-    model.eval()
-    device = next(model.parameters()).device
-    lips, clusters = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images_to_tensor(images[start : start + batch_size]).to(device)
-        if isinstance(model, TweakedTCNN):
-            points, chosen = model.forward_with_clusters(batch)
+@dataclass
+class ImageLips:
+    height: int
+    width: int
+    faces: list[FaceLips]
+    timings_ms: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {"image_size": [self.width, self.height], "faces": [face.to_json() for face in self.faces],
+                "timings_ms": {key: round(value, 3) for key, value in self.timings_ms.items()}}
+
+
+class LipPredictor:
+    """Photo in, lips out: dlib finds faces, the mouth is located (dlib 68 points, or our TCNN cascade
+    from the face box), cropped with the training geometry, and the TCNN (with gating) gives 56 points."""
+
+    def __init__(self, model_folder: Path, detector: str = "hog", upsample: int = 1, mouth_source: str = "dlib68",
+                 engine: str = "torch", threads: int = 1):
+        if mouth_source not in MOUTH_SOURCES:
+            raise ValueError(f"mouth source must be one of {MOUTH_SOURCES}, got {mouth_source!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.model, self.geometry, self.meta = load_model_folder(model_folder)
+        self.engine = engine
+        self.run_crops = OnnxCropRunner(model_folder, threads) if engine == "onnx" else (lambda crops: predict_crops(self.model, crops))
+        self.mouth_source = mouth_source
+        self.face_to_mouth = None
+        if mouth_source == "cascade":
+            if not self.meta.get("face_to_mouth"):
+                raise ModelFolderError(f"{model_folder}: no face_to_mouth statistics; the cascade needs a model trained by this lipseg version")
+            self.face_to_mouth = FaceToMouth(**self.meta["face_to_mouth"])
+        self.locator = DlibMouthLocator(detector, upsample) if mouth_source == "dlib68" else None
+        self.detector = self.locator.detector if self.locator else cached_detector(detector, upsample)
+
+    def _landmarks(self, image: np.ndarray, boxes: list[tuple[np.ndarray, float]], timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lips in image pixels (F, 56, 2), clusters (F,), crop bounds (F, 4)) for square boxes."""
+        started = time.perf_counter()
+        transforms = [image_to_crop_transform(centre, side) for centre, side in boxes]
+        crops = np.stack([warp_crop(image, transform, self.geometry.size) for transform in transforms])
+        timings["crop"] = timings.get("crop", 0.0) + (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        predictions = self.run_crops(crops)
+        timings["tcnn"] = timings.get("tcnn", 0.0) + (time.perf_counter() - started) * 1000
+        lips = np.stack([crop_to_image(points, transform) for points, transform in zip(predictions.lips, transforms)])
+        bounds = np.array([[c[0] - s / 2, c[1] - s / 2, c[0] + s / 2, c[1] + s / 2] for c, s in boxes], np.float32)
+        return lips, predictions.clusters, bounds
+
+    def predict(self, image: np.ndarray, faces: list | None = None) -> ImageLips:
+        """All faces of one BGR image (`faces`: dlib boxes to reuse instead of detecting)."""
+        timings: dict[str, float] = {}
+        height, width = image.shape[:2]
+        if faces is None:
+            started = time.perf_counter()
+            faces = self.detector(image)
+            timings["detect"] = (time.perf_counter() - started) * 1000
+        if not faces:
+            return ImageLips(height, width, [], timings)
+        started = time.perf_counter()
+        if self.locator is not None:
+            rgb = to_rgb(image)
+            boxes = [self.geometry.box(self.locator.mouth(image, face, rgb).mouth) for face in faces]
+            timings["mouth"] = (time.perf_counter() - started) * 1000
         else:
-            points, chosen = model(batch), torch.full((len(batch),), -1)
-        lips.append(points.cpu().numpy())
-        clusters.append(chosen.cpu().numpy())
-    if not lips:
-        return CropPredictions(np.zeros((0, 56, 2), np.float32), np.zeros(0, np.int64))
-    return CropPredictions(np.concatenate(lips).astype(np.float32), np.concatenate(clusters).astype(np.int64))
+            first_pass, _, _ = self._landmarks(image, [self.face_to_mouth.box(face.box) for face in faces], timings)
+            boxes = [self.geometry.box(lips) for lips in first_pass]
+            timings["mouth"] = (time.perf_counter() - started) * 1000
+            timings.pop("crop"), timings.pop("tcnn")  # the first pass counts as mouth localisation
+        lips, clusters, bounds = self._landmarks(image, boxes, timings)
+        results = [FaceLips(face.box, face.score, bound, points, int(cluster)) for face, bound, points, cluster in zip(faces, bounds, lips, clusters)]
+        return ImageLips(height, width, results, timings)
+
+    def track(self, image: np.ndarray, previous: list[FaceLips]) -> ImageLips:
+        """Next video frame without detection: re-crop around each face's previous lips."""
+        timings: dict[str, float] = {}
+        height, width = image.shape[:2]
+        if not previous:
+            return ImageLips(height, width, [], timings)
+        boxes = [self.geometry.box(face.lips) for face in previous]
+        lips, clusters, bounds = self._landmarks(image, boxes, timings)
+        results = [FaceLips(face.box, face.score, bound, points, int(cluster)) for face, bound, points, cluster in zip(previous, bounds, lips, clusters)]
+        return ImageLips(height, width, results, timings)

@@ -200,3 +200,19 @@ def stage_run(stage: str, params: dict[str, Any]) -> Iterator[StageRun]:
         with mlflow.start_run(run_name=stage, nested=True, tags=tags) as run:
             mlflow.log_params({key_: str(value) for key_, value in flatten(params).items()})
             yield StageRun(run.info.run_id, parent_id, stage)
+
+
+def download_model_folder(uri: str, cache_dir: Path | None = None) -> Path:
+    """The lipseg model folder inside a logged/registered MLflow model (e.g. models:/lipseg-tcnn@champion)."""
+    import tempfile
+
+    mlflow.set_tracking_uri(tracking_uri())
+    target = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="lipseg-model-"))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    except mlflow.exceptions.MlflowException as error:
+        raise RuntimeError(f"cannot load {uri} from {tracking_uri()}: {error.message}") from error
+    folders = sorted(path.parent for path in local.rglob("lipseg_model.json"))
+    if not folders:
+        raise RuntimeError(f"{uri} holds no lipseg model folder (no lipseg_model.json)")
+    return folders[0]

@@ -9,7 +9,7 @@ import torch
 
 from lipseg.crop import CropGeometry
 from lipseg.model import TCNNConfig, TweakedTCNN, VanillaTCNN
-from lipseg.predictor import META_FILE, ModelFolderError, load_model_folder, predict_crops, save_model_folder
+from lipseg.model_folder import META_FILE, ModelFolderError, load_model_folder, predict_crops, save_model_folder
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "tweaked"])

@@ -1,0 +1,279 @@
+"""Benchmark: end-to-end accuracy on the Helen test photos, ours versus plain dlib, scored by lipeval.
+
+    python bench/predict.py [--helen ../shared/data/helen_sample] [--model models/tcnn]
+                            [--mouth dlib68|cascade] [--out bench/results/predict] [--limit N]
+
+No ground-truth crop is used anywhere: both pipelines start from the photo.
+1. ours: `lipseg predict` run as a user would (a subprocess on the test images, read in place);
+2. dlib: HOG detection (upsample 1) + the 68-point predictor, mouth points 48..67 -> label mask
+   (EVALUATION.md's iBUG polygons), one PNG per image (all zero when no face is found);
+3. both folders scored by the official lipeval; a side-by-side table, --out/predict.json, and an
+   overlay grid --out/predict_overlays.png (mouth close-ups: ground truth | ours | dlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from lipseg.crop import read_image  # noqa: E402
+from lipseg.detect import FaceDetector, ShapePredictor68, mouth_points, to_rgb  # noqa: E402
+from lipseg.masks import (  # noqa: E402
+    crop_around,
+    ibug_mouth_polygons,
+    label_mask_from_lips,
+    overlay,
+    overlay_grid,
+    rasterise_polygons,
+)
+
+CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth")
+# dlib HOG + 68 points on the same 330 test photos, same evaluator (measured by the CEO).
+DLIB_REFERENCE = {"lips": 0.803, "upper_lip": 0.763, "lower_lip": 0.780, "inner_mouth": 0.782,
+                  "mouth_iou": 0.897, "no_face": 5}
+
+
+def read_names(helen: Path, limit: int | None) -> list[str]:
+    names = [line.strip() for line in (helen / "testnames.txt").read_text().splitlines() if line.strip()]
+    return names[:limit] if limit else names
+
+
+def image_path(helen: Path, name: str) -> Path:
+    for suffix in (".jpg", ".png", ".jpeg"):
+        candidate = helen / "images" / f"{name}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no image for {name} in {helen / 'images'}")
+
+
+def helen_lips(helen: Path, wanted: set[str]) -> dict[str, np.ndarray]:
+    """Ground-truth 56 lip points (Helen 58..113) for the wanted names, from annotation/*.txt
+    (line 1 = image name, then 194 `x , y` lines, CRLF)."""
+    found = {}
+    for path in (helen / "annotation").glob("*.txt"):
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        if not lines or lines[0].strip() not in wanted:
+            continue
+        points = np.array([[float(v) for v in line.split(",")] for line in lines[1:] if line.strip()], np.float64)
+        if points.shape == (194, 2):
+            found[lines[0].strip()] = points[58:114]
+    return found
+
+
+def run_ours(paths: list[Path], out_dir: Path, model: Path, mouth: str, detector: str) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "lipseg.cli", "predict", *map(str, paths), "--out", str(out_dir),
+               "--no-overlay", "--quiet", "--model", str(model), "--mouth", mouth, "--detector", detector]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    started = time.perf_counter()
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if completed.returncode not in (0, 1):  # 1 = some files failed, reported but the rest were written
+        sys.stderr.write(completed.stdout + completed.stderr)
+        raise SystemExit(f"lipseg predict failed with exit status {completed.returncode}")
+    return {"seconds": seconds, "exit_status": completed.returncode, "stderr_tail": completed.stderr[-2000:]}
+
+
+def run_dlib(paths: list[Path], names: list[str], out_dir: Path) -> dict:
+    """dlib HOG (upsample 1) + 68 points -> iBUG mouth polygons -> label mask, union over faces."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    detector, shapes = FaceDetector("hog", 1), ShapePredictor68()
+    no_face, unreadable, faces_total = [], [], 0
+    mouths: dict[str, list[list[list[float]]]] = {}
+    started = time.perf_counter()
+    for name, path in zip(names, paths):
+        image = read_image(path)
+        if image is None:
+            unreadable.append(name)
+            continue  # no PNG: lipeval counts it as missing
+        height, width = image.shape[:2]
+        mask = np.zeros((height, width), np.uint8)
+        faces = detector(image)
+        rgb = to_rgb(image)
+        mouths[name] = []
+        for face in faces:
+            mouth = mouth_points(shapes(image, face, rgb))
+            mouths[name].append(mouth.tolist())
+            face_mask = rasterise_polygons(ibug_mouth_polygons(mouth), height, width)
+            free = (mask == 0) & (face_mask > 0)  # an earlier (more confident) face keeps its pixels
+            mask[free] = face_mask[free]
+        faces_total += len(faces)
+        if not faces:
+            no_face.append(name)
+        if not cv2.imwrite(str(out_dir / f"{name}.png"), mask):
+            raise OSError(f"cannot write {out_dir / name}.png")
+    return {"seconds": time.perf_counter() - started, "faces": faces_total, "no_face": no_face,
+            "unreadable": unreadable, "mouths": mouths}
+
+
+def lipeval(script: Path, helen: Path, pred: Path, report: Path, names_file: Path | None) -> dict:
+    command = [sys.executable, str(script), "--gt", str(helen), "--split", "test", "--pred", str(pred),
+               "--json", str(report), "--quiet"]
+    if names_file is not None:
+        command += ["--names", str(names_file)]
+    subprocess.run(command, check=True)
+    return json.loads(report.read_text())
+
+
+def summarise(report: dict, no_face: int) -> dict:
+    pooled = report["pooled"]
+    nme = report.get("nme") or {}
+    return {
+        **{f"f1_{c}": pooled[c]["f1"] for c in CLASSES},
+        "iou_mouth": pooled["mouth"]["iou"],
+        "f1_mouth": pooled["mouth"]["f1"],
+        "mean_image_f1_lips": report["mean_image_f1_lips"],
+        "nme_io": nme.get("mean_io"),
+        "nme_io_median": nme.get("median_io"),
+        "failure_rate": nme.get("failure_rate"),
+        "no_face": no_face,
+        "images": report["n_images"],
+        "counts": report["counts"],
+    }
+
+
+def our_no_face(out_dir: Path, names: list[str]) -> list[str]:
+    missing = []
+    for name in names:
+        path = out_dir / f"{name}.json"
+        try:
+            if not json.loads(path.read_text())["faces"]:
+                missing.append(name)
+        except (OSError, ValueError, KeyError):
+            missing.append(name)  # failed file: no usable face either
+    return missing
+
+
+def print_table(rows: list[tuple[str, dict]], images: int) -> None:
+    print(f"\nHelen test, {images} photos, end to end (no ground-truth crops), scored by lipeval")
+    header = f"{'':22s} {'lips':>6s} {'upper':>6s} {'lower':>6s} {'inner':>6s} {'mouthIoU':>8s} {'NME_io':>7s} {'no face':>8s}"
+    print(header)
+    print("-" * len(header))
+    for label, row in rows:
+        def fmt(key, width=6):
+            value = row.get(key)
+            return f"{value:{width}.3f}" if isinstance(value, float) else f"{'-':>{width}s}"
+        print(f"{label:22s} {fmt('f1_lips')} {fmt('f1_upper_lip')} {fmt('f1_lower_lip')} {fmt('f1_inner_mouth')} "
+              f"{fmt('iou_mouth', 8)} {fmt('nme_io', 7)} {row.get('no_face', '-'):>8}")
+
+
+def overlay_rows(helen: Path, names: list[str], gt: dict[str, np.ndarray], ours_dir: Path, dlib_dir: Path,
+                 f1: dict[str, dict[str, float]], count: int, tile: int) -> np.ndarray | None:
+    """Rows of mouth close-ups, ground truth | ours | dlib, for `count` names spread over the list."""
+    chosen = [names[int(i)] for i in np.linspace(0, len(names) - 1, min(count, len(names)))]
+    tiles, captions = [], []
+    for name in dict.fromkeys(chosen):
+        image = read_image(image_path(helen, name))
+        if image is None or name not in gt:
+            continue
+        height, width = image.shape[:2]
+        truth = gt[name]
+        ours_mask = cv2.imread(str(ours_dir / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        ours_lips = None
+        try:
+            faces = json.loads((ours_dir / f"{name}.json").read_text())["faces"]
+            if faces:  # the face lipeval scores: lip centroid nearest the ground-truth mouth
+                candidates = [np.asarray(face["lips"], np.float64) for face in faces]
+                ours_lips = min(candidates, key=lambda lips: np.linalg.norm(lips.mean(0) - truth.mean(0)))
+        except (OSError, ValueError, KeyError):
+            pass
+        dlib_mask = cv2.imread(str(dlib_dir / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        blank = np.zeros((height, width), np.uint8)
+        panels = [
+            (overlay(image, label_mask_from_lips(truth, height, width), truth), f"{name} truth"),
+            (overlay(image, ours_mask if ours_mask is not None else blank, ours_lips),
+             f"ours F1 {f1['ours'].get(name, 0.0):.2f}"),
+            (overlay(image, dlib_mask if dlib_mask is not None else blank), f"dlib F1 {f1['dlib'].get(name, 0.0):.2f}"),
+        ]
+        for painted, caption in panels:
+            tiles.append(crop_around(painted, truth, margin=0.4)[0])
+            captions.append(caption)
+    return overlay_grid(tiles, 3, tile, captions) if tiles else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--helen", type=Path, default=ROOT.parent / "shared" / "data" / "helen_sample")
+    parser.add_argument("--lipeval", type=Path, default=ROOT.parent / "shared" / "tools" / "lipeval.py")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "tcnn", help="passed to lipseg predict --model")
+    parser.add_argument("--mouth", choices=("dlib68", "cascade"), default="dlib68", help="passed to lipseg predict --mouth")
+    parser.add_argument("--detector", choices=("hog", "cnn"), default="hog", help="passed to lipseg predict --detector")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "predict")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N test names (quick runs)")
+    parser.add_argument("--overlays", type=int, default=8, help="images in the overlay grid (default 8)")
+    parser.add_argument("--tile", type=int, default=200, help="overlay tile size in pixels (default 200)")
+    args = parser.parse_args()
+
+    helen, out = args.helen.resolve(), args.out.resolve()
+    names = read_names(helen, args.limit)
+    paths = [image_path(helen, name) for name in names]
+    ours_dir, dlib_dir = out / "ours", out / "dlib"
+    out.mkdir(parents=True, exist_ok=True)
+    names_file = None
+    if args.limit:
+        names_file = out / "names.txt"
+        names_file.write_text("\n".join(names) + "\n")
+
+    print(f"lipseg predict on {len(names)} test photos ({args.model}, mouth={args.mouth}) ...", flush=True)
+    ours_run = run_ours(paths, ours_dir, args.model.resolve(), args.mouth, args.detector)
+    print(f"dlib HOG + 68 points on {len(names)} test photos ...", flush=True)
+    dlib_run = run_dlib(paths, names, dlib_dir)
+
+    ours_report = lipeval(args.lipeval, helen, ours_dir, out / "lipeval_ours.json", names_file)
+    dlib_report = lipeval(args.lipeval, helen, dlib_dir, out / "lipeval_dlib.json", names_file)
+    ours_missing = our_no_face(ours_dir, names)
+    ours = summarise(ours_report, len(ours_missing))
+    dlib = summarise(dlib_report, len(dlib_run["no_face"]))
+    dlib["nme_io"] = dlib["nme_io_median"] = dlib["failure_rate"] = None  # PNGs have no points
+    reference = {f"f1_{c}": DLIB_REFERENCE[c] for c in CLASSES}
+    reference |= {"iou_mouth": DLIB_REFERENCE["mouth_iou"], "no_face": DLIB_REFERENCE["no_face"]}
+
+    rows = [("ours (lipseg predict)", ours), ("dlib 68 (this run)", dlib)]
+    if not args.limit:
+        rows.append(("dlib 68 (CEO, ref.)", reference))
+    print_table(rows, len(names))
+    if args.limit:
+        print(f"(--limit {args.limit}: a subset; the CEO's dlib reference on all 330 photos is lips 0.803, "
+              "upper 0.763, lower 0.780, inner 0.782, mouth IoU 0.897, 5 without a face)")
+    print(f"ours: {ours['no_face']} photos without a face ({', '.join(ours_missing[:8]) or '-'}), "
+          f"mean per-image F1 lips {ours['mean_image_f1_lips']:.3f}, FR@0.1 {ours['failure_rate']:.3f}; "
+          f"lipseg predict took {ours_run['seconds']:.1f} s (incl. start-up)")
+    print(f"dlib: {dlib['no_face']} photos without a face ({', '.join(dlib_run['no_face'][:8]) or '-'}), "
+          f"mean per-image F1 lips {dlib['mean_image_f1_lips']:.3f}; {dlib_run['seconds']:.1f} s")
+
+    per_image = {key: {rec["name"]: rec["f1"]["lips"] for rec in report["per_image"]}
+                 for key, report in (("ours", ours_report), ("dlib", dlib_report))}
+    grid = overlay_rows(helen, names, helen_lips(helen, set(names)), ours_dir, dlib_dir, per_image,
+                        args.overlays, args.tile)
+    if grid is not None:
+        cv2.imwrite(str(out / "predict_overlays.png"), grid)
+
+    result = {
+        "helen": str(helen), "model": str(args.model), "mouth": args.mouth, "detector": args.detector,
+        "limit": args.limit, "images": len(names),
+        "ours": {**ours, "no_face_names": ours_missing, "run": ours_run},
+        "dlib": {**dlib, "no_face_names": dlib_run["no_face"], "unreadable": dlib_run["unreadable"],
+                 "faces": dlib_run["faces"], "seconds": dlib_run["seconds"]},
+        "dlib_reference_ceo": reference,
+        "per_image_f1_lips": per_image,
+        "platform": {"python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()},
+        "outputs": {"ours": str(ours_dir), "dlib": str(dlib_dir), "overlays": str(out / "predict_overlays.png")},
+    }
+    (out / "predict.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / 'predict.json'}" + (f", {out / 'predict_overlays.png'}" if grid is not None else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lipseg.cli import CliError, collect_inputs, main, safe_output
+from lipseg.datasets.helen import load_split
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path, synthetic_dir: Path) -> Path:
+    """Synthetic photos (upscaled so dlib's HOG finds the faces), a nested one, a blank one and a broken one."""
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    records, _ = load_split(synthetic_dir, "test")
+    for index, record in enumerate(records[:3]):
+        image = cv2.resize(cv2.imread(str(record.image_path)), (320, 320), interpolation=cv2.INTER_CUBIC)
+        target = folder / ("nested" if index == 2 else "") / f"{record.name}.jpg"
+        cv2.imwrite(str(target), image)
+    cv2.imwrite(str(folder / "blank.png"), np.full((200, 300, 3), 127, np.uint8))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_predict_writes_json_mask_overlay_and_reports_failures(photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    code = main(["predict", str(photo_folder), "--out", str(out), "--model", str(tiny_model_folder), "--quiet"])
+    assert code == 1  # broken.jpg failed, the others were still processed
+    stderr = capsys.readouterr().err
+    assert "broken.jpg" in stderr and "4 images" in stderr and "1 failed" in stderr
+    jsons = sorted(out.rglob("*.json"))
+    assert len(jsons) == 4
+    assert (out / "nested").is_dir()
+    blank = json.loads((out / "blank.json").read_text())
+    assert blank["faces"] == []
+    assert cv2.imread(str(out / "blank.png"), cv2.IMREAD_UNCHANGED).max() == 0
+    with_faces = [json.loads(p.read_text()) for p in jsons if p.name != "blank.json"]
+    assert sum(len(payload["faces"]) for payload in with_faces) >= 2
+    for path in jsons:
+        payload = json.loads(path.read_text())
+        mask = cv2.imread(str(path.with_suffix(".png")), cv2.IMREAD_UNCHANGED)
+        assert mask.ndim == 2 and mask.dtype == np.uint8 and mask.max() <= 3
+        assert (mask.shape[1], mask.shape[0]) == tuple(payload["image_size"])
+        for face in payload["faces"]:
+            assert len(face["lips"]) == 56 and len(face["box"]) == 4 and face["cluster"] in (0, 1)
+            assert face["head"] == f"cluster_{face['cluster']}"
+            assert {"detect", "mouth", "crop", "tcnn", "mask"} <= set(payload["timings_ms"])
+        if payload["faces"]:
+            assert mask.max() > 0 and (out / f"{path.relative_to(out).with_suffix('')}_overlay.jpg").is_file()
+
+
+def test_cascade_mouth_source_runs(photo_folder: Path, tmp_path: Path, tiny_model_folder: Path) -> None:
+    shutil.rmtree(photo_folder / "nested")
+    (photo_folder / "broken.jpg").unlink()
+    code = main(["predict", str(photo_folder), "--out", str(tmp_path / "o"), "--model", str(tiny_model_folder), "--mouth", "cascade", "--no-overlay", "--quiet"])
+    assert code == 0
+    assert not list((tmp_path / "o").glob("*_overlay.jpg"))
+
+
+def test_missing_model_and_unknown_schema_are_clear(tmp_path: Path, photo_folder: Path, capsys: pytest.CaptureFixture, tiny_model_folder: Path) -> None:
+    assert main(["predict", str(photo_folder), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    bad = tmp_path / "bad_model"
+    shutil.copytree(tiny_model_folder, bad)
+    meta = json.loads((bad / "lipseg_model.json").read_text())
+    meta["schema"] = "lipseg-tcnn/0"
+    (bad / "lipseg_model.json").write_text(json.dumps(meta))
+    assert main(["predict", str(photo_folder), "--out", str(tmp_path / "o"), "--model", str(bad)]) == 2
+    assert "unknown model schema" in capsys.readouterr().err
+
+
+def test_inputs_are_collected_by_extension_with_unique_stems(tmp_path: Path) -> None:
+    for relative in ("a/x.jpg", "b/x.JPG", "c.mp4", "d.txt"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    found, problems = collect_inputs([str(tmp_path / "a/x.jpg"), str(tmp_path / "b/x.JPG"), str(tmp_path / "c.mp4"), str(tmp_path / "missing")])
+    assert [(f.out_stem.as_posix(), f.kind) for f in found] == [("x", "image"), ("x_1", "image"), ("c", "video")]
+    assert problems == [(str(tmp_path / "missing"), "no such file or folder")]
+    folder_found, _ = collect_inputs([str(tmp_path)])
+    assert sorted(f.out_stem.as_posix() for f in folder_found) == ["a/x", "b/x", "c"]
+
+
+def test_outputs_never_leave_the_out_folder(tmp_path: Path) -> None:
+    assert safe_output(tmp_path, Path("sub/x"), ".json") == tmp_path / "sub" / "x.json"
+    with pytest.raises(CliError, match="outside --out"):
+        safe_output(tmp_path / "out", Path("../../escape"), ".json")
+
+
+def test_help_texts(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--model" in text and "models:/lipseg-" in text and "champion" in text and "--redetect-every" in text
+
+
+def test_onnx_engine_gives_the_torch_landmarks(photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIPSEG_CACHE", str(tmp_path / "cache"))
+    shutil.rmtree(photo_folder / "nested")
+    (photo_folder / "broken.jpg").unlink()
+    outputs = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / engine
+        assert main(["predict", str(photo_folder), "--out", str(out), "--model", str(tiny_model_folder), "--engine", engine, "--no-overlay", "--quiet"]) == 0
+        outputs[engine] = {p.name: json.loads(p.read_text())["faces"] for p in sorted(out.glob("*.json"))}
+    assert list((tmp_path / "cache" / "onnx").glob("*/tweaked.onnx"))  # exported once, cached
+    assert outputs["torch"].keys() == outputs["onnx"].keys()
+    for name, faces in outputs["torch"].items():
+        for torch_face, onnx_face in zip(faces, outputs["onnx"][name], strict=True):
+            assert torch_face["cluster"] == onnx_face["cluster"]
+            np.testing.assert_allclose(torch_face["lips"], onnx_face["lips"], atol=2e-3)
