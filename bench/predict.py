@@ -42,7 +42,7 @@ from lipseg.masks import (  # noqa: E402
 CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth")
 # dlib HOG + 68 points on the same 330 test photos, same evaluator (measured by the CEO).
 DLIB_REFERENCE = {"lips": 0.803, "upper_lip": 0.763, "lower_lip": 0.780, "inner_mouth": 0.782,
-                  "mouth_iou": 0.897, "no_face": 5}
+                  "mouth": 0.897, "no_face": 5}
 
 
 def read_names(helen: Path, limit: int | None) -> list[str]:
@@ -72,10 +72,12 @@ def helen_lips(helen: Path, wanted: set[str]) -> dict[str, np.ndarray]:
     return found
 
 
-def run_ours(paths: list[Path], out_dir: Path, model: Path, mouth: str, detector: str) -> dict:
+def run_ours(paths: list[Path], out_dir: Path, model: Path, mouth: str, detector: str, engine: str | None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "lipseg.cli", "predict", *map(str, paths), "--out", str(out_dir),
                "--no-overlay", "--quiet", "--model", str(model), "--mouth", mouth, "--detector", detector]
+    if engine:  # only when asked, so the script also runs against a CLI without --engine
+        command += ["--engine", engine]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -86,8 +88,10 @@ def run_ours(paths: list[Path], out_dir: Path, model: Path, mouth: str, detector
     return {"seconds": seconds, "exit_status": completed.returncode, "stderr_tail": completed.stderr[-2000:]}
 
 
-def run_dlib(paths: list[Path], names: list[str], out_dir: Path) -> dict:
-    """dlib HOG (upsample 1) + 68 points -> iBUG mouth polygons -> label mask, union over faces."""
+def run_dlib(paths: list[Path], names: list[str], out_dir: Path, gt: dict[str, np.ndarray]) -> dict:
+    """dlib HOG (upsample 1) + 68 points -> iBUG mouth polygons -> label mask of the face whose mouth
+    is nearest the annotated one. lipeval picks that face from our JSON files; a PNG has no faces, so
+    the same choice is made here, or every other face's mouth would count as false positives."""
     out_dir.mkdir(parents=True, exist_ok=True)
     detector, shapes = FaceDetector("hog", 1), ShapePredictor68()
     no_face, unreadable, faces_total = [], [], 0
@@ -102,13 +106,12 @@ def run_dlib(paths: list[Path], names: list[str], out_dir: Path) -> dict:
         mask = np.zeros((height, width), np.uint8)
         faces = detector(image)
         rgb = to_rgb(image)
-        mouths[name] = []
-        for face in faces:
-            mouth = mouth_points(shapes(image, face, rgb))
-            mouths[name].append(mouth.tolist())
-            face_mask = rasterise_polygons(ibug_mouth_polygons(mouth), height, width)
-            free = (mask == 0) & (face_mask > 0)  # an earlier (more confident) face keeps its pixels
-            mask[free] = face_mask[free]
+        found = [mouth_points(shapes(image, face, rgb)) for face in faces]
+        mouths[name] = [mouth.tolist() for mouth in found]
+        if found:
+            centre = gt[name].mean(axis=0)
+            nearest = min(found, key=lambda mouth: float(np.linalg.norm(mouth.mean(axis=0) - centre)))
+            mask = rasterise_polygons(ibug_mouth_polygons(nearest), height, width)
         faces_total += len(faces)
         if not faces:
             no_face.append(name)
@@ -157,8 +160,9 @@ def our_no_face(out_dir: Path, names: list[str]) -> list[str]:
 
 
 def print_table(rows: list[tuple[str, dict]], images: int) -> None:
-    print(f"\nHelen test, {images} photos, end to end (no ground-truth crops), scored by lipeval")
-    header = f"{'':22s} {'lips':>6s} {'upper':>6s} {'lower':>6s} {'inner':>6s} {'mouthIoU':>8s} {'NME_io':>7s} {'no face':>8s}"
+    print(f"\nHelen test, {images} photos, end to end (no ground-truth crops), scored by lipeval (F1; mouth IoU)")
+    header = (f"{'':22s} {'lips':>6s} {'upper':>6s} {'lower':>6s} {'inner':>6s} {'mouth':>6s} {'mouthIoU':>8s} "
+              f"{'NME_io':>7s} {'no face':>8s}")
     print(header)
     print("-" * len(header))
     for label, row in rows:
@@ -166,7 +170,7 @@ def print_table(rows: list[tuple[str, dict]], images: int) -> None:
             value = row.get(key)
             return f"{value:{width}.3f}" if isinstance(value, float) else f"{'-':>{width}s}"
         print(f"{label:22s} {fmt('f1_lips')} {fmt('f1_upper_lip')} {fmt('f1_lower_lip')} {fmt('f1_inner_mouth')} "
-              f"{fmt('iou_mouth', 8)} {fmt('nme_io', 7)} {row.get('no_face', '-'):>8}")
+              f"{fmt('f1_mouth')} {fmt('iou_mouth', 8)} {fmt('nme_io', 7)} {row.get('no_face', '-'):>8}")
 
 
 def overlay_rows(helen: Path, names: list[str], gt: dict[str, np.ndarray], ours_dir: Path, dlib_dir: Path,
@@ -191,15 +195,20 @@ def overlay_rows(helen: Path, names: list[str], gt: dict[str, np.ndarray], ours_
             pass
         dlib_mask = cv2.imread(str(dlib_dir / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         blank = np.zeros((height, width), np.uint8)
-        panels = [
-            (overlay(image, label_mask_from_lips(truth, height, width), truth), f"{name} truth"),
-            (overlay(image, ours_mask if ours_mask is not None else blank, ours_lips),
-             f"ours F1 {f1['ours'].get(name, 0.0):.2f}"),
-            (overlay(image, dlib_mask if dlib_mask is not None else blank), f"dlib F1 {f1['dlib'].get(name, 0.0):.2f}"),
-        ]
-        for painted, caption in panels:
-            tiles.append(crop_around(painted, truth, margin=0.4)[0])
-            captions.append(caption)
+        window, (x0, y0) = crop_around(image, truth, margin=0.4)  # the same mouth window for all three
+        h, w = window.shape[:2]
+        scale = tile / max(h, w)  # zoom before drawing, so the points and contours stay thin
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        zoomed = cv2.resize(window, size, interpolation=cv2.INTER_LINEAR)
+
+        def panel(mask: np.ndarray | None, lips: np.ndarray | None) -> np.ndarray:
+            part = (mask if mask is not None and mask.shape == (height, width) else blank)[y0:y0 + h, x0:x0 + w]
+            part = cv2.resize(part, size, interpolation=cv2.INTER_NEAREST)
+            points = None if lips is None else (lips - (x0, y0) + 0.5) * (size[0] / w, size[1] / h) - 0.5
+            return overlay(zoomed, part, points)
+
+        tiles += [panel(label_mask_from_lips(truth, height, width), truth), panel(ours_mask, ours_lips), panel(dlib_mask, None)]
+        captions += [f"{name} truth", f"ours F1 {f1['ours'].get(name, 0.0):.2f}", f"dlib F1 {f1['dlib'].get(name, 0.0):.2f}"]
     return overlay_grid(tiles, 3, tile, captions) if tiles else None
 
 
@@ -210,6 +219,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "tcnn", help="passed to lipseg predict --model")
     parser.add_argument("--mouth", choices=("dlib68", "cascade"), default="dlib68", help="passed to lipseg predict --mouth")
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog", help="passed to lipseg predict --detector")
+    parser.add_argument("--engine", choices=("torch", "onnx"), default=None, help="passed to lipseg predict --engine (default: the CLI's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "predict")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test names (quick runs)")
     parser.add_argument("--overlays", type=int, default=8, help="images in the overlay grid (default 8)")
@@ -226,10 +236,11 @@ def main() -> None:
         names_file = out / "names.txt"
         names_file.write_text("\n".join(names) + "\n")
 
-    print(f"lipseg predict on {len(names)} test photos ({args.model}, mouth={args.mouth}) ...", flush=True)
-    ours_run = run_ours(paths, ours_dir, args.model.resolve(), args.mouth, args.detector)
+    print(f"lipseg predict on {len(names)} test photos ({args.model}, mouth={args.mouth}, engine={args.engine or 'default'}) ...", flush=True)
+    ours_run = run_ours(paths, ours_dir, args.model.resolve(), args.mouth, args.detector, args.engine)
     print(f"dlib HOG + 68 points on {len(names)} test photos ...", flush=True)
-    dlib_run = run_dlib(paths, names, dlib_dir)
+    gt = helen_lips(helen, set(names))
+    dlib_run = run_dlib(paths, names, dlib_dir, gt)
 
     ours_report = lipeval(args.lipeval, helen, ours_dir, out / "lipeval_ours.json", names_file)
     dlib_report = lipeval(args.lipeval, helen, dlib_dir, out / "lipeval_dlib.json", names_file)
@@ -238,7 +249,7 @@ def main() -> None:
     dlib = summarise(dlib_report, len(dlib_run["no_face"]))
     dlib["nme_io"] = dlib["nme_io_median"] = dlib["failure_rate"] = None  # PNGs have no points
     reference = {f"f1_{c}": DLIB_REFERENCE[c] for c in CLASSES}
-    reference |= {"iou_mouth": DLIB_REFERENCE["mouth_iou"], "no_face": DLIB_REFERENCE["no_face"]}
+    reference |= {"f1_mouth": DLIB_REFERENCE["mouth"], "no_face": DLIB_REFERENCE["no_face"]}
 
     rows = [("ours (lipseg predict)", ours), ("dlib 68 (this run)", dlib)]
     if not args.limit:
@@ -246,7 +257,7 @@ def main() -> None:
     print_table(rows, len(names))
     if args.limit:
         print(f"(--limit {args.limit}: a subset; the CEO's dlib reference on all 330 photos is lips 0.803, "
-              "upper 0.763, lower 0.780, inner 0.782, mouth IoU 0.897, 5 without a face)")
+              "upper 0.763, lower 0.780, inner 0.782, mouth 0.897, 5 without a face)")
     print(f"ours: {ours['no_face']} photos without a face ({', '.join(ours_missing[:8]) or '-'}), "
           f"mean per-image F1 lips {ours['mean_image_f1_lips']:.3f}, FR@0.1 {ours['failure_rate']:.3f}; "
           f"lipseg predict took {ours_run['seconds']:.1f} s (incl. start-up)")
@@ -255,13 +266,13 @@ def main() -> None:
 
     per_image = {key: {rec["name"]: rec["f1"]["lips"] for rec in report["per_image"]}
                  for key, report in (("ours", ours_report), ("dlib", dlib_report))}
-    grid = overlay_rows(helen, names, helen_lips(helen, set(names)), ours_dir, dlib_dir, per_image,
+    grid = overlay_rows(helen, names, gt, ours_dir, dlib_dir, per_image,
                         args.overlays, args.tile)
     if grid is not None:
         cv2.imwrite(str(out / "predict_overlays.png"), grid)
 
     result = {
-        "helen": str(helen), "model": str(args.model), "mouth": args.mouth, "detector": args.detector,
+        "helen": str(helen), "model": str(args.model), "mouth": args.mouth, "detector": args.detector, "engine": args.engine,
         "limit": args.limit, "images": len(names),
         "ours": {**ours, "no_face_names": ours_missing, "run": ours_run},
         "dlib": {**dlib, "no_face_names": dlib_run["no_face"], "unreadable": dlib_run["unreadable"],

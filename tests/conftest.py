@@ -84,3 +84,9 @@ def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: P
     save_model_folder(folder, tweaked, geometry, extra={"box_source": "gt", "face_to_mouth": face_to_mouth.to_dict()})
     assert np.isfinite(features).all()
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def onnx_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`lipseg predict` caches ONNX exports under ~/.cache/lipseg; tests keep theirs in a temp dir."""
+    os.environ["LIPSEG_CACHE"] = str(tmp_path_factory.mktemp("lipseg-cache"))

@@ -52,3 +52,27 @@ def test_default_store_is_sqlite_at_the_project_root(tmp_path, monkeypatch: pyte
     (tmp_path / "stages").mkdir()
     monkeypatch.chdir(tmp_path / "stages")
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_registered_model_round_trip(mlflow_store: str, monkeypatch: pytest.MonkeyPatch, tiny_model_folder) -> None:
+    """evaluate registers lipseg-tcnn; `lipseg predict --model models:/lipseg-tcnn@champion` gets it back."""
+    import numpy as np
+
+    from lipseg.cli import resolve_model
+    from lipseg.model_folder import load_model_folder, predict_crops
+
+    monkeypatch.setenv("LIPSEG_PIPELINE_ID", "registry")
+    crops = np.random.default_rng(0).integers(0, 255, (3, 40, 40, 3), dtype=np.uint8)
+    model, _, _ = load_model_folder(tiny_model_folder)
+    expected = predict_crops(model, crops).lips
+    with tracking.stage_run("evaluate", {}) as run:
+        version = run.register_tcnn(tiny_model_folder, crops, expected)
+    assert version == "1"
+    folder = resolve_model("models:/lipseg-tcnn@champion")
+    reloaded, _, meta = load_model_folder(folder)
+    np.testing.assert_array_equal(predict_crops(reloaded, crops).lips, expected)
+    assert meta["kind"] == "tweaked"
+    pyfunc = mlflow.pyfunc.load_model("models:/lipseg-tcnn@champion")
+    np.testing.assert_allclose(pyfunc.predict(crops), expected, atol=1e-6)
+    signature = pyfunc.metadata.signature
+    assert signature is not None and tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 40, 40, 3)

@@ -60,9 +60,10 @@ class FaceBox:
 
 
 def to_rgb(image_bgr: np.ndarray) -> np.ndarray:
+    """dlib wants RGB; cvtColor is several times faster than a reversed-channel copy."""
     if image_bgr.ndim == 2:
         return cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2RGB)
-    return np.ascontiguousarray(image_bgr[..., ::-1])
+    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
 
 
 class FaceDetector:
@@ -78,8 +79,8 @@ class FaceDetector:
         else:
             self._detector = dlib.cnn_face_detection_model_v1(str(model_file(MMOD_CNN)))
 
-    def __call__(self, image_bgr: np.ndarray) -> list[FaceBox]:
-        rgb = to_rgb(image_bgr)
+    def __call__(self, image_bgr: np.ndarray, rgb: np.ndarray | None = None) -> list[FaceBox]:
+        rgb = to_rgb(image_bgr) if rgb is None else rgb
         faces = []
         if self.kind == "hog":
             rects, scores, _ = self._detector.run(rgb, self.upsample, 0.0)
@@ -133,15 +134,15 @@ class DlibMouthLocator:
         self.detector = cached_detector(detector, upsample)
         self.shape_predictor = cached_shape_predictor()
 
-    def faces(self, image_bgr: np.ndarray) -> list[FaceBox]:
-        return self.detector(image_bgr)
+    def faces(self, image_bgr: np.ndarray, rgb: np.ndarray | None = None) -> list[FaceBox]:
+        return self.detector(image_bgr, rgb)
 
     def mouth(self, image_bgr: np.ndarray, face: FaceBox, rgb: np.ndarray | None = None) -> MouthDetection:
         return MouthDetection(face, mouth_points(self.shape_predictor(image_bgr, face, rgb)))
 
     def __call__(self, image_bgr: np.ndarray) -> list[MouthDetection]:
         rgb = to_rgb(image_bgr)
-        return [self.mouth(image_bgr, face, rgb) for face in self.faces(image_bgr)]
+        return [self.mouth(image_bgr, face, rgb) for face in self.faces(image_bgr, rgb)]
 
 
 def nearest_mouth(detections: list[MouthDetection], lip_points: np.ndarray) -> MouthDetection | None:

@@ -35,7 +35,13 @@ class OnnxCropRunner:
         digest = hashlib.sha256((Path(model_folder) / WEIGHTS_FILE).read_bytes()).hexdigest()[:20]
         cache = onnx_cache_dir() / digest
         if not (cache / SIDECAR_FILE).is_file():
-            export_onnx(Path(model_folder), cache)
+            try:
+                export_onnx(Path(model_folder), cache)
+            except PermissionError:  # a read-only home: export for this process only
+                import tempfile
+
+                cache = Path(tempfile.mkdtemp(prefix="lipseg-onnx-"))
+                export_onnx(Path(model_folder), cache)
         path = cache / TWEAKED_FILE if (cache / TWEAKED_FILE).is_file() else cache / BASE_FILE
         self.session = onnx_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
@@ -86,7 +92,7 @@ class LipPredictor:
     from the face box), cropped with the training geometry, and the TCNN (with gating) gives 56 points."""
 
     def __init__(self, model_folder: Path, detector: str = "hog", upsample: int = 1, mouth_source: str = "dlib68",
-                 engine: str = "torch", threads: int = 1):
+                 engine: str = "onnx", threads: int = 1):
         if mouth_source not in MOUTH_SOURCES:
             raise ValueError(f"mouth source must be one of {MOUTH_SOURCES}, got {mouth_source!r}")
         if engine not in ENGINES:
@@ -120,15 +126,15 @@ class LipPredictor:
         """All faces of one BGR image (`faces`: dlib boxes to reuse instead of detecting)."""
         timings: dict[str, float] = {}
         height, width = image.shape[:2]
+        started = time.perf_counter()
+        rgb = to_rgb(image)  # once per image: detector and shape predictor share it
         if faces is None:
-            started = time.perf_counter()
-            faces = self.detector(image)
+            faces = self.detector(image, rgb)
             timings["detect"] = (time.perf_counter() - started) * 1000
         if not faces:
             return ImageLips(height, width, [], timings)
         started = time.perf_counter()
         if self.locator is not None:
-            rgb = to_rgb(image)
             boxes = [self.geometry.box(self.locator.mouth(image, face, rgb).mouth) for face in faces]
             timings["mouth"] = (time.perf_counter() - started) * 1000
         else:
