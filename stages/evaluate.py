@@ -32,7 +32,7 @@ def main() -> None:
         scores, meta, crop_predictions = {}, {}, {}
         for label, folder in MODELS.items():
             model, _, meta[label] = load_model_folder(folder)
-            crop_predictions[label] = predict_crops(model, test.images)
+            crop_predictions[label] = predict_crops(model, test.images, flip_average=bool(params["flip_tta"]))
             scores[label] = score(crop_predictions[label], test, truth, float(params["fail_threshold"]))
         thresholds, curves = ced_table(scores, float(params["ced_max"]))
         metrics = {

@@ -32,7 +32,8 @@ def main() -> None:
     train = CropSet.from_arrays(load_npz(CROPS_DIR / "train.npz"))
     val = CropSet.from_arrays(load_npz(CROPS_DIR / "val.npz"))
     with stage_run("finetune_heads", params) as run:
-        tweaked, reports = finetune_heads(base, mixture, train.images, train.lips, val.images, val.lips, config, CHECKPOINT_DIR)
+        tweaked, reports = finetune_heads(base, mixture, train.images, train.lips, val.images, val.lips, config, CHECKPOINT_DIR,
+                                          train_sources=train.names, train_copy_index=train.copy_index)
         distances = head_weight_distances(tweaked)
         for report in reports:
             with run.child(f"head_{report.cluster}", {"cluster": report.cluster, "lr": config.lr}) as child:

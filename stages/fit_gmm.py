@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from lipseg.crop import CropSet
-from lipseg.gmm import GMMConfig, assign, fit_gmm, save_gmm
+from lipseg.gmm import GMMConfig, assign, assign_by_source, fit_gmm, save_gmm
 from lipseg.io import atomic_directory, load_npz, load_params, write_json_atomic, write_png_atomic, write_text_atomic
 from lipseg.masks import overlay_grid
 from lipseg.plots import bic_curve
@@ -28,9 +28,14 @@ def main() -> None:
         reg_covar=float(params["reg_covar"]), n_init=int(params["n_init"]), seed=int(params["seed"]),
     )
     with stage_run("fit_gmm", params) as run:
-        features = load_npz(FEATURES)["fc5"]
-        mixture, table = fit_gmm(features, config)
-        labels = assign(mixture, features)
+        stored = load_npz(FEATURES)
+        features, copy_index = stored["fc5"], stored["copy_index"]
+        fit_on = str(params["fit_on"])
+        if fit_on not in ("plain", "all"):
+            raise ValueError(f"gmm.fit_on must be 'plain' or 'all', got {fit_on!r}")
+        # plain: fit on one unjittered crop per face, so clusters follow lip states, not the augmentation.
+        mixture, table = fit_gmm(features[copy_index == 0] if fit_on == "plain" else features, config)
+        labels = assign_by_source(mixture, features, stored["names"], copy_index) if fit_on == "plain" else assign(mixture, features)
         sizes = np.bincount(labels, minlength=mixture.n_components).tolist()
         save_gmm(GMM_FILE, mixture)
         write_text_atomic(BIC_CSV, "k,bic,aic\n" + "".join(f"{row['k']},{row['bic']:.3f},{row['aic']:.3f}\n" for row in table))

@@ -42,14 +42,15 @@ def main() -> None:
     manifest = json.loads((CROPS_DIR / "manifest.json").read_text(encoding="utf-8"))
     config = TCNNConfig(
         input_size=train.images.shape[1], conv_channels=list(params["conv_channels"]),
-        conv_kernels=list(params["conv_kernels"]), fc5=int(params["fc5"]),
+        conv_kernels=list(params["conv_kernels"]), fc5=int(params["fc5"]), batch_norm=bool(params["batch_norm"]),
     )
     model = VanillaTCNN(config)
     model.normaliser.set_images(norm["mean"], norm["std"])
     fit_config = FitConfig(
         lr=float(params["lr"]), batch_size=int(params["batch_size"]), max_epochs=int(params["max_epochs"]),
         patience=int(params["patience"]), weight_decay=float(params["weight_decay"]),
-        lr_patience=int(params["lr_patience"]), lr_factor=float(params["lr_factor"]),
+        lr_schedule=str(params["lr_schedule"]), lr_patience=int(params["lr_patience"]), lr_factor=float(params["lr_factor"]),
+        loss=str(params["loss"]),
         seed=int(params["seed"]), device=str(params["device"]),
     )
     with stage_run("train_base", params) as run:

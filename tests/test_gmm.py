@@ -43,3 +43,18 @@ def test_save_load_round_trip_without_pickle(tmp_path: Path, covariance_type: st
     loaded = load_gmm(path)
     np.testing.assert_array_equal(assign(loaded, features), assign(mixture, features))
     np.testing.assert_allclose(loaded.predict_proba(features), mixture.predict_proba(features), atol=1e-10)
+
+
+def test_copies_follow_their_source_crop() -> None:
+    from lipseg.gmm import assign_by_source
+
+    features = blobs(k=2, per=10)
+    mixture, _ = fit_gmm(features, GMMConfig(k=2, n_init=1))
+    sources = np.array([f"face{i}" for i in range(20)] * 2)
+    copy_index = np.array([0] * 20 + [1] * 20)
+    shuffled = np.vstack([features, features[::-1]])  # the copies look like other faces
+    labels = assign_by_source(mixture, shuffled, sources, copy_index)
+    np.testing.assert_array_equal(labels[20:], labels[:20])
+    np.testing.assert_array_equal(labels[:20], assign(mixture, features))
+    with pytest.raises(ValueError, match="no plain crop"):
+        assign_by_source(mixture, shuffled, sources, np.ones(40, int))

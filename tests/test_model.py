@@ -61,3 +61,17 @@ def test_tweaked_routes_each_crop_to_its_cluster_head() -> None:
         points, clusters = tweaked.forward_with_clusters(images)
     expected = base + clusters.view(-1, 1, 1).float()
     torch.testing.assert_close(points, expected)
+
+
+def test_batch_norm_option_and_wing_loss() -> None:
+    from lipseg.model import wing_loss
+
+    model = VanillaTCNN(TCNNConfig(batch_norm=True))
+    assert sum(isinstance(layer, torch.nn.BatchNorm2d) for layer in model.trunk.layers) == 4
+    assert model(torch.rand(3, 3, 40, 40) * 255).shape == (3, 56, 2)
+    target = torch.rand(4, 56, 2)
+    assert float(wing_loss(target, target)) == 0.0
+    small, large = wing_loss(target + 0.01, target), wing_loss(target + 0.5, target)
+    assert 0 < float(small) < float(large)
+    # scale-free, like the MSE loss: the same relative error at 3x the size gives the same loss
+    assert float(wing_loss((target + 0.01) * 3, target * 3)) == pytest.approx(float(small), rel=1e-4)

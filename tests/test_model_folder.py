@@ -39,3 +39,16 @@ def test_unknown_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
         load_model_folder(tmp_path)
     with pytest.raises(ModelFolderError, match="not a lipseg model folder"):
         load_model_folder(tmp_path / "missing")
+
+
+def test_flip_average_is_the_mean_of_the_crop_and_its_mirror() -> None:
+    from lipseg.landmarks import flip_lips
+
+    torch.manual_seed(1)
+    model = TweakedTCNN.from_vanilla(VanillaTCNN(TCNNConfig(fc5=20)), 2).eval()
+    crops = np.random.default_rng(2).integers(0, 255, (5, 40, 40, 3), dtype=np.uint8)
+    plain = predict_crops(model, crops)
+    mirrored = predict_crops(model, np.ascontiguousarray(crops[:, :, ::-1]))
+    averaged = predict_crops(model, crops, flip_average=True)
+    np.testing.assert_allclose(averaged.lips, (plain.lips + flip_lips(mirrored.lips)) / 2, atol=1e-5)
+    np.testing.assert_array_equal(averaged.clusters, plain.clusters)

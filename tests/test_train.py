@@ -77,3 +77,15 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_cosine_schedule_and_wing_loss_train() -> None:
+    images, targets = toy_problem()
+    model = make_model()
+    config = FitConfig(lr=3e-3, batch_size=16, max_epochs=8, patience=8, lr_schedule="cosine", loss="wing")
+    result = fit(model, images[:64], targets[:64], images[64:], targets[64:], config, progress=False)
+    rates = [record.lr for record in result.history]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 1e-6
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    with pytest.raises(ValueError, match="loss must be one of"):
+        fit(make_model(), images, targets, images, targets, FitConfig(loss="l7"), progress=False)

@@ -102,3 +102,14 @@ def load_gmm(path: Path) -> GaussianMixture:
 
 def assign(mixture: GaussianMixture, features: np.ndarray) -> np.ndarray:
     return mixture.predict(np.asarray(features, np.float64)).astype(np.int64)
+
+
+def assign_by_source(mixture: GaussianMixture, features: np.ndarray, sources: np.ndarray, copy_index: np.ndarray) -> np.ndarray:
+    """Each crop gets the cluster of its source image's plain (unjittered) crop, so the jittered and
+    flipped copies of a face train the same head as the face itself (per-cluster augmentation)."""
+    plain = np.flatnonzero(copy_index == 0)
+    plain_labels = dict(zip(sources[plain].tolist(), assign(mixture, features[plain]).tolist())) if len(plain) else {}
+    missing = set(sources.tolist()) - plain_labels.keys()
+    if missing:
+        raise ValueError(f"{len(missing)} sources have no plain crop (copy 0), e.g. {sorted(missing)[:3]}")
+    return np.array([plain_labels[source] for source in sources.tolist()], np.int64)

@@ -11,7 +11,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
-from lipseg.gmm import assign, full_precision_cholesky
+from lipseg.gmm import assign, assign_by_source, full_precision_cholesky
 from lipseg.model import TweakedTCNN, VanillaTCNN, images_to_tensor, mouth_normalised_error
 from lipseg.train import EpochRecord, FitConfig, fit, resolve_device
 
@@ -24,6 +24,7 @@ class HeadsConfig:
     batch_size: int = 32
     min_cluster_size: int = 20
     min_val_size: int = 5
+    cluster_by: str = "crop"  # crop: each crop by its own features | source: every copy by its face's plain crop
     seed: int = 0
     device: str = "auto"
 
@@ -78,6 +79,8 @@ def finetune_heads(
     config: HeadsConfig,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
+    train_sources: np.ndarray | None = None,
+    train_copy_index: np.ndarray | None = None,
 ) -> tuple[TweakedTCNN, list[HeadReport]]:
     """Train one head per cluster; the convolutions stay frozen, so their features are computed once."""
     device = resolve_device(config.device)
@@ -86,7 +89,15 @@ def finetune_heads(
         parameter.requires_grad_(False)
     train_trunk, train_fc5 = trunk_and_fc5(base, train_images)
     val_trunk, val_fc5 = trunk_and_fc5(base, val_images)
-    train_clusters, val_clusters = assign(mixture, train_fc5), assign(mixture, val_fc5)
+    if config.cluster_by == "source":
+        if train_sources is None or train_copy_index is None:
+            raise ValueError("heads.cluster_by: source needs the crops' source names and copy indices")
+        train_clusters = assign_by_source(mixture, train_fc5, train_sources, train_copy_index)
+    elif config.cluster_by == "crop":
+        train_clusters = assign(mixture, train_fc5)
+    else:
+        raise ValueError(f"heads.cluster_by must be 'crop' or 'source', got {config.cluster_by!r}")
+    val_clusters = assign(mixture, val_fc5)
     train_targets, val_targets = torch.from_numpy(train_lips), torch.from_numpy(val_lips)
 
     components = mixture.n_components

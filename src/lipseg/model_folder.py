@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from lipseg import __version__
 from lipseg.crop import CropGeometry
+from lipseg.landmarks import flip_lips
 from lipseg.io import write_json_atomic
 from lipseg.model import TCNNConfig, TweakedTCNN, VanillaTCNN, images_to_tensor
 
@@ -85,7 +86,9 @@ class CropPredictions:
 
 
 @torch.no_grad()
-def predict_crops(model: VanillaTCNN | TweakedTCNN, images: np.ndarray, batch_size: int = 256) -> CropPredictions:
+def predict_crops(model: VanillaTCNN | TweakedTCNN, images: np.ndarray, batch_size: int = 256, flip_average: bool = False) -> CropPredictions:
+    """Lips (normalised crop coordinates) and the head used for each crop. `flip_average` also runs the
+    mirrored crop and averages the two (test-time augmentation; the head is the plain crop's)."""
     model.eval()
     device = next(model.parameters()).device
     lips, clusters = [], []
@@ -95,9 +98,12 @@ def predict_crops(model: VanillaTCNN | TweakedTCNN, images: np.ndarray, batch_si
             points, chosen = model.forward_with_clusters(batch)
         else:
             points, chosen = model(batch), torch.full((len(batch),), -1)
-        lips.append(points.cpu().numpy())
+        points = points.cpu().numpy()
+        if flip_average:
+            mirrored = model(torch.flip(batch, dims=[3])).cpu().numpy()
+            points = (points + flip_lips(mirrored)) / 2.0
+        lips.append(points)
         clusters.append(chosen.cpu().numpy())
     if not lips:
         return CropPredictions(np.zeros((0, 56, 2), np.float32), np.zeros(0, np.int64))
     return CropPredictions(np.concatenate(lips).astype(np.float32), np.concatenate(clusters).astype(np.int64))
-

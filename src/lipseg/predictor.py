@@ -12,6 +12,7 @@ import numpy as np
 
 from lipseg.crop import FaceToMouth, crop_to_image, image_to_crop_transform, warp_crop
 from lipseg.detect import DlibMouthLocator, cached_detector, to_rgb
+from lipseg.landmarks import flip_lips
 from lipseg.model_folder import WEIGHTS_FILE, CropPredictions, ModelFolderError, load_model_folder, predict_crops
 
 
@@ -47,11 +48,16 @@ class OnnxCropRunner:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
 
-    def __call__(self, images: np.ndarray) -> CropPredictions:
+    def __call__(self, images: np.ndarray, flip_average: bool = False) -> CropPredictions:
         crops = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+        if flip_average:  # one run on the crops and their mirror images
+            crops = np.concatenate([crops, crops[..., ::-1]])
         outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: crops})))
-        clusters = outputs.get("cluster", np.full(len(images), -1))
-        return CropPredictions(outputs["lips"].astype(np.float32), np.asarray(clusters, np.int64))
+        lips = outputs["lips"].astype(np.float32)
+        clusters = np.asarray(outputs.get("cluster", np.full(len(crops), -1)), np.int64)[: len(images)]
+        if flip_average:
+            lips = (lips[: len(images)] + flip_lips(lips[len(images) :])) / 2.0
+        return CropPredictions(lips, clusters)
 
 
 @dataclass
@@ -92,14 +98,15 @@ class LipPredictor:
     from the face box), cropped with the training geometry, and the TCNN (with gating) gives 56 points."""
 
     def __init__(self, model_folder: Path, detector: str = "hog", upsample: int = 1, mouth_source: str = "dlib68",
-                 engine: str = "onnx", threads: int = 1):
+                 engine: str = "onnx", threads: int = 1, flip_average: bool = False):
         if mouth_source not in MOUTH_SOURCES:
             raise ValueError(f"mouth source must be one of {MOUTH_SOURCES}, got {mouth_source!r}")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.model, self.geometry, self.meta = load_model_folder(model_folder)
         self.engine = engine
-        self.run_crops = OnnxCropRunner(model_folder, threads) if engine == "onnx" else (lambda crops: predict_crops(self.model, crops))
+        runner = OnnxCropRunner(model_folder, threads) if engine == "onnx" else None
+        self.run_crops = (lambda crops: runner(crops, flip_average)) if runner else (lambda crops: predict_crops(self.model, crops, flip_average=flip_average))
         self.mouth_source = mouth_source
         self.face_to_mouth = None
         if mouth_source == "cascade":

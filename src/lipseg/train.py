@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from lipseg.model import mouth_normalised_error, mouth_normalised_mse
+from lipseg.model import LOSSES, mouth_normalised_error, mouth_normalised_mse
 
 
 def set_determinism(seed: int) -> None:
@@ -50,8 +50,10 @@ class FitConfig:
     max_epochs: int = 60
     patience: int = 8
     weight_decay: float = 0.0
-    lr_patience: int = 0  # >0: halve the learning rate after this many epochs without a better val NME
+    lr_schedule: str = "plateau"  # plateau (scale by lr_factor after lr_patience bad epochs) | cosine | none
+    lr_patience: int = 0
     lr_factor: float = 0.5
+    loss: str = "mse"  # mse | wing
     seed: int = 0
     device: str = "auto"
 
@@ -133,9 +135,16 @@ def fit(
     if len(train_inputs) == 0 or len(val_inputs) == 0:
         raise ValueError(f"need training and validation data (got {len(train_inputs)} and {len(val_inputs)})")
     optimiser = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, mode="min", factor=config.lr_factor, patience=max(config.lr_patience, 1)
-    ) if config.lr_patience > 0 else None
+    if config.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {config.loss!r}")
+    loss_function = LOSSES[config.loss]
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+    if config.lr_schedule == "plateau" and config.lr_patience > 0:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="min", factor=config.lr_factor, patience=config.lr_patience)
+    elif config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.max_epochs)
+    elif config.lr_schedule not in ("plateau", "none"):
+        raise ValueError(f"lr_schedule must be plateau, cosine or none, got {config.lr_schedule!r}")
     shuffler = torch.Generator().manual_seed(config.seed)
     result = FitResult()
     best_state = copy.deepcopy(module.state_dict())
@@ -174,14 +183,16 @@ def fit(
             if pin:
                 batch, target = batch.pin_memory(), target.pin_memory()
             predicted = module(batch.to(device, non_blocking=pin))
-            loss = mouth_normalised_mse(predicted, target.to(device, non_blocking=pin))
+            loss = loss_function(predicted, target.to(device, non_blocking=pin))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             loss_sum += loss.item() * len(index)
         val_loss, val_nme = _evaluate(module, val_inputs, val_targets, max(config.batch_size, 256), device)
-        if scheduler is not None:
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val_nme)
+        elif scheduler is not None:
+            scheduler.step()
         record = EpochRecord(epoch, loss_sum / len(order), val_loss, val_nme, optimiser.param_groups[0]["lr"], time.perf_counter() - started)
         result.history.append(record)
         if val_nme < result.best_val_nme:
