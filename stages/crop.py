@@ -44,10 +44,11 @@ def main() -> None:
             "test": make_crops(test_records, geometry, None, desc="crop test", box_points=box_points),
         }
         train_found = [record.name for record in fit_records if record.name in detections]
+        gt_boxes = [geometry.box(truth[name]) for name in train_found]
         face_to_mouth = FaceToMouth.fit(
             np.array([detections[name].face.box for name in train_found]).reshape(-1, 4),
-            np.array([geometry.box(truth[name])[0] for name in train_found]).reshape(-1, 2),
-            np.array([geometry.box(truth[name])[1] for name in train_found]),
+            np.array([centre for centre, _ in gt_boxes]).reshape(-1, 2),
+            np.array([side for _, side in gt_boxes]),
         ) if train_found else None
         rejects = [{"split": "train", **r.as_dict()} for r in train_rejects] + [{"split": "test", **r.as_dict()} for r in test_rejects]
         for split, crops in splits.items():

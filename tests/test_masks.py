@@ -219,6 +219,18 @@ def test_overlay_changes_only_pixels_near_the_mouth() -> None:
     assert overlay(image[:, :, 0], mask).shape == image.shape
 
 
+def test_overlay_draws_every_face_given() -> None:
+    image = np.zeros((90, 200, 3), np.uint8)
+    left = synthetic_lips(centre_x=50, centre_y=45, half_width=18, opening=4)
+    right = synthetic_lips(centre_x=150, centre_y=45, half_width=18, opening=4)
+    empty = np.zeros((90, 200), np.uint8)
+    both = np.any(overlay(image, empty, [left, right]) != 0, axis=2)
+    assert both[:, :100].any() and both[:, 100:].any()
+    # One face as (56, 2) draws exactly what the same face in a list of one draws.
+    np.testing.assert_array_equal(overlay(image, empty, left), overlay(image, empty, [left]))
+    assert not np.any(overlay(image, empty, np.zeros((20, 2))))  # not lip points: nothing drawn
+
+
 def test_crop_around_zooms_on_the_points() -> None:
     image = np.arange(100 * 150, dtype=np.uint32).reshape(100, 150).astype(np.uint8)
     points = np.array([[60.0, 40.0], [80.0, 50.0]])

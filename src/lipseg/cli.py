@@ -118,11 +118,23 @@ def safe_output(out_dir: Path, stem: Path, suffix: str) -> Path:
     return target
 
 
+def face_mask(result) -> np.ndarray:
+    """The label mask of all faces of one predicted image or frame."""
+    from lipseg.masks import label_mask_from_faces
+
+    return label_mask_from_faces([face.lips for face in result.faces], result.height, result.width)
+
+
+def annotate(image: np.ndarray, result, mask: np.ndarray) -> np.ndarray:
+    """What a person looks at: the mask blended in, every face's contours and points drawn."""
+    from lipseg.masks import overlay
+
+    return overlay(image, mask, [face.lips for face in result.faces])
+
+
 def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool, summary: Summary) -> None:
     from lipseg.crop import read_image
     from lipseg.io import write_png_atomic, write_text_atomic
-    from lipseg.masks import label_mask_from_faces
-    from lipseg.masks import overlay as draw_overlay
 
     started = time.perf_counter()
     image = read_image(item.path)
@@ -130,7 +142,7 @@ def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool,
         raise OSError("not a readable image (empty, truncated or unsupported format)")
     result = predictor.predict(image)
     mask_started = time.perf_counter()
-    mask = label_mask_from_faces([face.lips for face in result.faces], result.height, result.width)
+    mask = face_mask(result)
     result.timings_ms["mask"] = (time.perf_counter() - mask_started) * 1000
     payload = {"image": str(item.path), **result.to_json(), "model": predictor.meta.get("kind")}
     write_text_atomic(safe_output(out_dir, item.out_stem, ".json"), json.dumps(payload) + "\n")
@@ -138,10 +150,7 @@ def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool,
     if overlay:
         import cv2
 
-        painted = draw_overlay(image, mask)
-        for face in result.faces:
-            painted = draw_overlay(painted, np.zeros(mask.shape, np.uint8), face.lips)
-        ok, encoded = cv2.imencode(".jpg", painted, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        ok, encoded = cv2.imencode(".jpg", annotate(image, result, mask), [cv2.IMWRITE_JPEG_QUALITY, 90])
         if ok:
             from lipseg.io import write_bytes_atomic
 
@@ -158,8 +167,6 @@ def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool,
 def predict_video_file(item: InputFile, predictor, out_dir: Path, args: argparse.Namespace, summary: Summary) -> None:
     import cv2
 
-    from lipseg.masks import label_mask_from_faces
-    from lipseg.masks import overlay as draw_overlay
     from lipseg.video import VideoTracker, read_frames, video_info
 
     fps, count, width, height = video_info(item.path)
@@ -176,11 +183,7 @@ def predict_video_file(item: InputFile, predictor, out_dir: Path, args: argparse
                                  disable=args.quiet, leave=False):
             result, track_ids, detected = tracker.step(frame, index, 1.0 / fps)
             detections += detected
-            mask = label_mask_from_faces([face.lips for face in result.faces], result.height, result.width)
-            painted = draw_overlay(frame, mask)
-            for face in result.faces:
-                painted = draw_overlay(painted, np.zeros(mask.shape, np.uint8), face.lips)
-            writer.write(painted)
+            writer.write(annotate(frame, result, face_mask(result)))
             record = {"frame": index, "time_s": round(index / fps, 4), "detected": bool(detected), **result.to_json()}
             for face_json, ident in zip(record["faces"], track_ids):
                 face_json["track"] = ident
@@ -194,7 +197,7 @@ def predict_video_file(item: InputFile, predictor, out_dir: Path, args: argparse
     summary.videos += 1
     summary.frames += frames
     print(f"lipseg: {item.path}: {frames} frames at {frames / seconds:.1f} fps, dlib ran on {detections} "
-          f"({args.redetect_every=}) -> {video_path.name}, {lines_path.name}", file=sys.stderr)
+          f"(re-detection every {args.redetect_every} frames) -> {video_path.name}, {lines_path.name}", file=sys.stderr)
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -186,7 +186,8 @@ def overlay(
     lip_points: np.ndarray | None = None,
     alpha: float = 0.45,
 ) -> np.ndarray:
-    """Image with the mask's classes blended in colour, plus lip contours and points when given.
+    """Image with the mask's classes blended in colour, plus lip contours and points when given
+    (`lip_points`: one face (56, 2) or several (F, 56, 2)).
 
     Returns a new uint8 BGR image of the same height and width (a grey input comes back as BGR);
     pixels are changed only where the mask is non-zero or where contours/points are drawn.
@@ -203,14 +204,18 @@ def overlay(
         blended = cv2.addWeighted(canvas, 1.0 - alpha, colour_layer, alpha, 0.0)
         canvas[painted] = blended[painted]
     if lip_points is not None:
-        points = np.asarray(lip_points, np.float64).reshape(-1, 2)
-        if points.shape == (LIP_COUNT, 2) and np.all(np.isfinite(points)):
+        points = np.asarray(lip_points, np.float64)
+        # One face (56, 2) or several (F, 56, 2); anything else is not drawn.
+        faces = points.reshape(-1, LIP_COUNT, 2) if points.size and points.size % (LIP_COUNT * 2) == 0 and points.shape[-1:] == (2,) else []
+        scale = _FILL_SCALE
+        for face in faces:
+            if not np.all(np.isfinite(face)):
+                continue
             # Sub-pixel drawing (shift) so the lines sit where the points are, not 0.5 px off.
-            scale = _FILL_SCALE
-            for contour in (points[OUTER], points[INNER]):
+            for contour in (face[OUTER], face[INNER]):
                 vertices = np.round(contour * scale).astype(np.int32).reshape(-1, 1, 2)
                 cv2.polylines(canvas, [vertices], True, CONTOUR_COLOUR, 1, cv2.LINE_AA, _FILL_SHIFT)
-            for x, y in points:
+            for x, y in face:
                 centre = (int(round(x * scale)), int(round(y * scale)))
                 cv2.circle(canvas, centre, scale, POINT_COLOUR, -1, cv2.LINE_AA, _FILL_SHIFT)
     return canvas

@@ -134,7 +134,8 @@ class LipPredictor:
         timings: dict[str, float] = {}
         height, width = image.shape[:2]
         started = time.perf_counter()
-        rgb = to_rgb(image)  # once per image: detector and shape predictor share it
+        # Once per image, and only when dlib needs it: the detector and the shape predictor share it.
+        rgb = to_rgb(image) if faces is None or self.locator is not None else None
         if faces is None:
             faces = self.detector(image, rgb)
             timings["detect"] = (time.perf_counter() - started) * 1000
@@ -149,9 +150,14 @@ class LipPredictor:
             boxes = [self.geometry.box(lips) for lips in first_pass]
             timings["mouth"] = (time.perf_counter() - started) * 1000
             timings.pop("crop"), timings.pop("tcnn")  # the first pass counts as mouth localisation
+        return self._image_lips(image, boxes, faces, timings)
+
+    def _image_lips(self, image: np.ndarray, boxes: list[tuple[np.ndarray, float]], sources: list, timings: dict[str, float]) -> ImageLips:
+        """The second (final) TCNN pass on the mouth boxes; `sources` (dlib boxes or previous faces) give box and score."""
         lips, clusters, bounds = self._landmarks(image, boxes, timings)
-        results = [FaceLips(face.box, face.score, bound, points, int(cluster)) for face, bound, points, cluster in zip(faces, bounds, lips, clusters)]
-        return ImageLips(height, width, results, timings)
+        results = [FaceLips(source.box, source.score, bound, points, int(cluster))
+                   for source, bound, points, cluster in zip(sources, bounds, lips, clusters)]
+        return ImageLips(image.shape[0], image.shape[1], results, timings)
 
     def track(self, image: np.ndarray, previous: list[FaceLips]) -> ImageLips:
         """Next video frame without detection: re-crop around each face's previous lips."""
@@ -159,7 +165,4 @@ class LipPredictor:
         height, width = image.shape[:2]
         if not previous:
             return ImageLips(height, width, [], timings)
-        boxes = [self.geometry.box(face.lips) for face in previous]
-        lips, clusters, bounds = self._landmarks(image, boxes, timings)
-        results = [FaceLips(face.box, face.score, bound, points, int(cluster)) for face, bound, points, cluster in zip(previous, bounds, lips, clusters)]
-        return ImageLips(height, width, results, timings)
+        return self._image_lips(image, [self.geometry.box(face.lips) for face in previous], previous, timings)

@@ -96,9 +96,6 @@ class VideoTracker:
                 result = self.predictor.predict(frame)
                 self.tracks = self._match(result.faces)
                 detect = True
-            else:
-                for track, face in zip(self.tracks, result.faces):
-                    track.last = face
         for track, face in zip(self.tracks, result.faces):
             if track.lips_filter is not None:
                 face.lips = track.lips_filter(face.lips, dt).astype(np.float32)
