@@ -1,7 +1,8 @@
 """Benchmark: end-to-end accuracy on the Helen test photos, ours versus plain dlib, scored by lipeval.
 
     python bench/predict.py [--helen ../shared/data/helen_sample] [--model models/tcnn]
-                            [--mouth dlib68|cascade] [--out bench/results/predict] [--limit N]
+                            [--mouth dlib68|cascade] [--cascade-passes N] [--[no-]flip-tta]
+                            [--out bench/results/predict] [--limit N]
 
 No ground-truth crop is used anywhere: both pipelines start from the photo.
 1. ours: `lipseg predict` run as a user would (a subprocess on the test images, read in place);
@@ -45,8 +46,16 @@ DLIB_REFERENCE = {"lips": 0.803, "upper_lip": 0.763, "lower_lip": 0.780, "inner_
                   "mouth": 0.897, "no_face": 5}
 
 
-def read_names(helen: Path, limit: int | None) -> list[str]:
-    names = [line.strip() for line in (helen / "testnames.txt").read_text().splitlines() if line.strip()]
+def read_names(helen: Path, limit: int | None, names_source: Path | None = None) -> list[str]:
+    """Test names, or those of `names_source`: a text file (one per line) or a pipeline crops file such as
+    data/crops/val.npz, so settings can be chosen on the validation split and only reported on test."""
+    if names_source is None:
+        names = [line.strip() for line in (helen / "testnames.txt").read_text().splitlines() if line.strip()]
+    elif names_source.suffix == ".npz":
+        with np.load(names_source) as crops:
+            names = list(dict.fromkeys(str(name) for name in crops["names"]))
+    else:
+        names = [line.strip() for line in names_source.read_text().splitlines() if line.strip()]
     return names[:limit] if limit else names
 
 
@@ -72,10 +81,11 @@ def helen_lips(helen: Path, wanted: set[str]) -> dict[str, np.ndarray]:
     return found
 
 
-def run_ours(paths: list[Path], out_dir: Path, model: Path, mouth: str, detector: str, engine: str | None) -> dict:
+def run_ours(paths: list[Path], out_dir: Path, model: Path, mouth: str, detector: str, engine: str | None,
+             options: list[str]) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "lipseg.cli", "predict", *map(str, paths), "--out", str(out_dir),
-               "--no-overlay", "--quiet", "--model", str(model), "--mouth", mouth, "--detector", detector]
+               "--no-overlay", "--quiet", "--model", str(model), "--mouth", mouth, "--detector", detector, *options]
     if engine:  # only when asked, so the script also runs against a CLI without --engine
         command += ["--engine", engine]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -159,8 +169,8 @@ def our_no_face(out_dir: Path, names: list[str]) -> list[str]:
     return missing
 
 
-def print_table(rows: list[tuple[str, dict]], images: int) -> None:
-    print(f"\ntest split, {images} photos, end to end (no ground-truth crops), scored by lipeval (F1; mouth IoU)")
+def print_table(rows: list[tuple[str, dict]], images: int, split: str = "test split") -> None:
+    print(f"\n{split}, {images} photos, end to end (no ground-truth crops), scored by lipeval (F1; mouth IoU)")
     header = (f"{'':22s} {'lips':>6s} {'upper':>6s} {'lower':>6s} {'inner':>6s} {'mouth':>6s} {'mouthIoU':>8s} "
               f"{'NME_io':>7s} {'no face':>8s}")
     print(header)
@@ -220,24 +230,31 @@ def main() -> None:
     parser.add_argument("--mouth", choices=("dlib68", "cascade"), default="dlib68", help="passed to lipseg predict --mouth")
     parser.add_argument("--detector", choices=("hog", "cnn"), default="hog", help="passed to lipseg predict --detector")
     parser.add_argument("--engine", choices=("torch", "onnx"), default=None, help="passed to lipseg predict --engine (default: the CLI's)")
+    parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="passed to lipseg predict (default: the CLI's)")
+    parser.add_argument("--cascade-passes", type=int, default=None, help="passed to lipseg predict (with --mouth cascade)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "predict")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test names (quick runs)")
+    parser.add_argument("--names", type=Path, default=None,
+                        help="photos to use instead of the test split: a names file, or a crops file such as "
+                             "WORKDIR/data/crops/val.npz (the validation split, for choosing settings)")
     parser.add_argument("--overlays", type=int, default=8, help="images in the overlay grid (default 8)")
     parser.add_argument("--tile", type=int, default=200, help="overlay tile size in pixels (default 200)")
     args = parser.parse_args()
 
     helen, out = args.helen.resolve(), args.out.resolve()
-    names = read_names(helen, args.limit)
+    names = read_names(helen, args.limit, args.names)
     paths = [image_path(helen, name) for name in names]
     ours_dir, dlib_dir = out / "ours", out / "dlib"
     out.mkdir(parents=True, exist_ok=True)
     names_file = None
-    if args.limit:
+    if args.limit or args.names:
         names_file = out / "names.txt"
         names_file.write_text("\n".join(names) + "\n")
 
     print(f"lipseg predict on {len(names)} test photos ({args.model}, mouth={args.mouth}, engine={args.engine or 'default'}) ...", flush=True)
-    ours_run = run_ours(paths, ours_dir, args.model.resolve(), args.mouth, args.detector, args.engine)
+    options = ([] if args.flip_tta is None else ["--flip-tta" if args.flip_tta else "--no-flip-tta"]) + (["--cascade-passes", str(args.cascade_passes)] if args.cascade_passes else [])
+    ours_run = run_ours(paths, ours_dir, args.model.resolve(), args.mouth, args.detector, args.engine, options)
     print(f"dlib HOG + 68 points on {len(names)} test photos ...", flush=True)
     gt = helen_lips(helen, set(names))
     dlib_run = run_dlib(paths, names, dlib_dir, gt)
@@ -253,9 +270,9 @@ def main() -> None:
 
     rows = [("ours (lipseg predict)", ours), ("dlib 68 (this run)", dlib)]
     default_sample = helen == (ROOT.parent / "shared" / "data" / "helen_sample").resolve()
-    if not args.limit and default_sample:  # the reference was measured on the Helen sample's test split
+    if not args.limit and not args.names and default_sample:  # the reference was measured on the Helen sample's test split
         rows.append(("dlib 68 (CEO, ref.)", reference))
-    print_table(rows, len(names))
+    print_table(rows, len(names), f"names from {args.names}" if args.names else "test split")
     if args.limit:
         print(f"(--limit {args.limit}: a subset; the CEO's dlib reference on all 330 photos is lips 0.803, "
               "upper 0.763, lower 0.780, inner 0.782, mouth 0.897, 5 without a face)")
@@ -274,6 +291,7 @@ def main() -> None:
 
     result = {
         "helen": str(helen), "model": str(args.model), "mouth": args.mouth, "detector": args.detector, "engine": args.engine,
+        "predict_options": options,
         "limit": args.limit, "images": len(names),
         "ours": {**ours, "no_face_names": ours_missing, "run": ours_run},
         "dlib": {**dlib, "no_face_names": dlib_run["no_face"], "unreadable": dlib_run["unreadable"],

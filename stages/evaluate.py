@@ -8,7 +8,7 @@ import numpy as np
 
 from lipseg.crop import CropSet
 from lipseg.datasets.helen import load_split
-from lipseg.evaluation import ced_table, format_summary, ground_truth_for, overlay_tiles, per_cluster, score, write_prediction_files
+from lipseg.evaluation import ModelScore, ced_table, format_summary, ground_truth_for, overlay_tiles, per_cluster, score, write_prediction_files
 from lipseg.io import atomic_directory, load_npz, load_params, write_json_atomic, write_png_atomic, write_text_atomic
 from lipseg.masks import overlay_grid
 from lipseg.plots import ced_curves
@@ -23,26 +23,34 @@ CED_CSV = Path("reports/evaluate_ced.csv")
 REPORT_DIR = Path("reports/evaluate")
 
 
+def score_metrics(model_score: ModelScore) -> dict[str, float]:
+    return {
+        **model_score.headline,
+        "nme_io_respaced": float(np.nanmean(model_score.nme_io_respaced)),
+        "nme_mw_respaced": float(np.nanmean(model_score.nme_mw_respaced)),
+    }
+
+
 def main() -> None:
     params = load_params("evaluate")
     test = CropSet.from_arrays(load_npz(CROPS_DIR / "test.npz"))
+    val = CropSet.from_arrays(load_npz(CROPS_DIR / "val.npz"))
     records = {record.name: record for record in load_split(RAW_DIR, "test")[0]}
     truth = ground_truth_for(test, records)
+    val_truth = ground_truth_for(val, {record.name: record for record in load_split(RAW_DIR, "train")[0]})
+    flip_average, fail_threshold = bool(params["flip_tta"]), float(params["fail_threshold"])
     with stage_run("evaluate", params) as run:
-        scores, meta, crop_predictions = {}, {}, {}
+        scores, val_scores, meta, crop_predictions = {}, {}, {}, {}
         for label, folder in MODELS.items():
             model, _, meta[label] = load_model_folder(folder)
-            crop_predictions[label] = predict_crops(model, test.images, flip_average=bool(params["flip_tta"]))
-            scores[label] = score(crop_predictions[label], test, truth, float(params["fail_threshold"]))
+            crop_predictions[label] = predict_crops(model, test.images, flip_average=flip_average)
+            scores[label] = score(crop_predictions[label], test, truth, fail_threshold)
+            # The validation split (carved from train) is what settings are chosen on; test is only reported.
+            val_scores[label] = score(predict_crops(model, val.images, flip_average=flip_average), val, val_truth, fail_threshold)
         thresholds, curves = ced_table(scores, float(params["ced_max"]))
-        metrics = {
-            label: {
-                **model_score.headline,
-                "nme_io_respaced": float(np.nanmean(model_score.nme_io_respaced)),
-                "nme_mw_respaced": float(np.nanmean(model_score.nme_mw_respaced)),
-            }
-            for label, model_score in scores.items()
-        }
+        metrics = {label: score_metrics(model_score) for label, model_score in scores.items()}
+        metrics["val"] = {label: score_metrics(model_score) for label, model_score in val_scores.items()}
+        metrics["val"]["images"] = len(val)
         metrics["k"] = int(meta["tweaked"]["components"])
         metrics["test_images"] = len(test)
         metrics["crops_from"] = "ground-truth landmarks"
@@ -60,6 +68,7 @@ def main() -> None:
             write_png_atomic(staging / "overlays.png", overlay_grid(tiles, columns=6, tile_size=160, captions=captions))
         for label in scores:
             run.log_metrics({f"{label}.{key}": value for key, value in metrics[label].items()}, to_parent=True)
+            run.log_metrics({f"val.{label}.{key}": value for key, value in metrics["val"][label].items()}, to_parent=True)
         run.log_metrics({"tweaked_vs_base_nme_io": metrics["tweaked_vs_base_nme_io"]}, to_parent=True)
         run.log_artifact(METRICS)
         run.log_artifact(REPORT_DIR / "ced.png")

@@ -38,7 +38,7 @@ def main() -> None:
         for report in reports:
             with run.child(f"head_{report.cluster}", {"cluster": report.cluster, "lr": config.lr}) as child:
                 child.log_history([asdict(record) for record in report.history], ("train_loss", "val_loss", "val_nme"))
-                child.set_tags({"fallback_to_base_head": report.fallback, "val_scope": report.val_scope})
+                child.set_tags({"fallback_to_base_head": report.fallback, "fallback_reason": report.fallback_reason, "val_scope": report.val_scope})
                 child.log_numbers(report.as_dict())
         fallbacks = [report.cluster for report in reports if report.fallback]
         with atomic_directory(MODEL_DIR) as staging:
@@ -56,7 +56,9 @@ def main() -> None:
         run.log_metrics({"fallback_heads": len(fallbacks), "min_head_distance": float(off_diagonal.min()) if off_diagonal.size else 0.0})
         run.log_artifact(REPORT)
     for report in reports:
-        state = "fallback to base head" if report.fallback else f"val NME {report.base_val_nme:.4f} -> {report.head_val_nme:.4f}"
+        state = f"val NME {report.base_val_nme:.4f} -> {report.head_val_nme:.4f}"
+        if report.fallback:
+            state = f"base head kept ({report.fallback_reason}" + (f"; {state})" if report.fallback_reason != "small cluster" else ")")
         print(f"finetune_heads: head {report.cluster}: {report.train_size} train crops, {state}")
 
 

@@ -43,6 +43,7 @@ def main() -> None:
     config = TCNNConfig(
         input_size=train.images.shape[1], conv_channels=list(params["conv_channels"]),
         conv_kernels=list(params["conv_kernels"]), fc5=int(params["fc5"]), batch_norm=bool(params["batch_norm"]),
+        conv_activation=str(params["conv_activation"]),
     )
     model = VanillaTCNN(config)
     model.normaliser.set_images(norm["mean"], norm["std"])

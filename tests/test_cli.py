@@ -63,6 +63,31 @@ def test_cascade_mouth_source_runs(photo_folder: Path, tmp_path: Path, tiny_mode
     assert not list((tmp_path / "o").glob("*_overlay.jpg"))
 
 
+@pytest.mark.parametrize("passes", [2, 3])
+def test_cascade_passes_each_recrop_on_the_previous_lips(photo_folder: Path, tiny_model_folder: Path, passes: int) -> None:
+    from lipseg.predictor import LipPredictor
+
+    predictor = LipPredictor(tiny_model_folder, mouth_source="cascade", engine="torch", cascade_passes=passes, flip_average=True)
+    calls: list[tuple[np.ndarray, bool]] = []
+    run_crops = predictor.run_crops
+    predictor.run_crops = lambda crops, flip: calls.append((crops, flip)) or run_crops(crops, flip)
+    image = cv2.imread(str(next(photo_folder.glob("*.jpg"))))
+    result = predictor.predict(image)
+    assert result.faces, "the synthetic photo has a face"
+    assert len(calls) == passes  # one TCNN batch per pass, all faces at once
+    assert [flip for _, flip in calls] == [False] * (passes - 1) + [True]  # flip averaging on the final pass only
+    assert {"detect", "mouth", "crop", "tcnn"} <= set(result.timings_ms)
+    # The final crop is the training geometry's box around the lips of a run with one pass fewer.
+    if passes > 2:
+        fewer = LipPredictor(tiny_model_folder, mouth_source="cascade", engine="torch", cascade_passes=passes - 1,
+                             flip_average=False).predict(image)
+        for face, previous in zip(result.faces, fewer.faces, strict=True):
+            centre, side = predictor.geometry.box(previous.lips)
+            np.testing.assert_allclose(face.crop_box, [*(centre - side / 2), *(centre + side / 2)], rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 passes"):
+        LipPredictor(tiny_model_folder, mouth_source="cascade", engine="torch", cascade_passes=1)
+
+
 def test_missing_model_and_unknown_schema_are_clear(tmp_path: Path, photo_folder: Path, capsys: pytest.CaptureFixture, tiny_model_folder: Path) -> None:
     assert main(["predict", str(photo_folder), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from lipseg.crop import normalisation_images
@@ -72,3 +73,18 @@ def test_small_clusters_fall_back_to_the_base_head() -> None:
     for head in tweaked.heads:
         for key, value in base.head.state_dict().items():
             torch.testing.assert_close(head.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("keep_if_better", [True, False])
+def test_a_head_without_validation_gain_is_replaced_by_the_base_head(keep_if_better: bool) -> None:
+    set_determinism(0)
+    images, lips = clustered_crops(per_state=10)
+    base = untrained_base(images)
+    _, features = trunk_and_fc5(base, images)
+    mixture, _ = fit_gmm(features, GMMConfig(k=2, n_init=2))
+    # lr 0: every head ends exactly where the base head is, so none improves on the validation crops.
+    config = HeadsConfig(lr=0.0, epochs=2, patience=2, min_cluster_size=1, min_val_size=1, keep_if_better=keep_if_better)
+    _, reports = finetune_heads(base, mixture, images, lips, images, lips, config, progress=False)
+    assert all(report.head_val_nme == pytest.approx(report.base_val_nme) for report in reports)
+    assert [report.fallback for report in reports] == [keep_if_better] * 2
+    assert {report.fallback_reason for report in reports} == {"no validation gain" if keep_if_better else ""}

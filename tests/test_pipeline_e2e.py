@@ -46,6 +46,8 @@ def test_full_run_then_incremental_reruns(pipeline_repo: tuple[Path, dict[str, s
     assert metrics["k"] in (2, 3) and metrics["test_images"] == 12
     for model in ("base", "tweaked"):
         assert 0.0 <= metrics[model]["f1_lips"] <= 1.0 and metrics[model]["nme_io"] > 0
+        assert 0.0 <= metrics["val"][model]["f1_lips"] <= 1.0 and metrics["val"][model]["nme_io"] > 0
+    assert metrics["val"]["images"] > 0
     predictions = sorted((repo / "reports/evaluate/pred_test/tweaked").glob("*.json"))
     assert len(predictions) == 12
     face = json.loads(predictions[0].read_text())["faces"][0]

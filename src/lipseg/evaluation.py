@@ -133,6 +133,10 @@ def format_summary(metrics: dict[str, Any]) -> str:
              f"{'model':8s}" + "".join(f"{title:>9s}" for title, _ in SUMMARY_COLUMNS)]
     for model in ("base", "tweaked"):
         lines.append(f"{model:8s}" + "".join(f"{metrics[model][key]:9.4f}" for _, key in SUMMARY_COLUMNS))
+    if "val" in metrics:  # the split settings are chosen on
+        lines.append(f"validation split ({metrics['val']['images']} images, carved from train):")
+        for model in ("base", "tweaked"):
+            lines.append(f"{model:8s}" + "".join(f"{metrics['val'][model][key]:9.4f}" for _, key in SUMMARY_COLUMNS))
     lines.append("F1 = pooled pixel F1 (EVALUATION.md); NME_io* = against the arc-length re-spaced ground truth")
     lines.append(f"tweaked / base NME_io* = {metrics['tweaked']['nme_io_respaced'] / metrics['base']['nme_io_respaced']:.3f}")
     return "\n".join(lines)

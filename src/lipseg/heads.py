@@ -25,6 +25,7 @@ class HeadsConfig:
     min_cluster_size: int = 20
     min_val_size: int = 5
     cluster_by: str = "crop"  # crop: each crop by its own features | source: every copy by its face's plain crop
+    keep_if_better: bool = True  # a head that does not beat the base head on its validation crops is replaced by it
     seed: int = 0
     device: str = "auto"
 
@@ -34,13 +35,14 @@ class HeadReport:
     cluster: int
     train_size: int
     val_size: int
-    fallback: bool  # True: the cluster was too small and keeps the base head
+    fallback: bool  # True: this cluster uses the base head (see fallback_reason)
     val_scope: str  # "cluster", or "all" when the cluster has too few validation crops
     base_val_nme: float
     head_val_nme: float
     best_epoch: int
     epochs_run: int
     history: list[EpochRecord] = field(default_factory=list)
+    fallback_reason: str = ""  # "", "small cluster" or "no validation gain"
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if key != "history"}
@@ -116,7 +118,8 @@ def finetune_heads(
         val_features, val_cluster_lips = val_trunk[val_index], val_targets[val_index]
         base_nme = _head_nme(base.head, val_features, val_cluster_lips)
         if len(train_index) < config.min_cluster_size:
-            reports.append(HeadReport(cluster, len(train_index), len(val_index), True, scope, base_nme, base_nme, 0, 0))
+            reports.append(HeadReport(cluster, len(train_index), len(val_index), True, scope, base_nme, base_nme, 0, 0,
+                                      fallback_reason="small cluster"))
             continue
         fit_config = FitConfig(
             lr=config.lr, batch_size=config.batch_size, max_epochs=config.epochs,
@@ -128,10 +131,13 @@ def finetune_heads(
             run_fingerprint=f"head-{cluster}-{len(train_index)}",
             desc=f"head {cluster}", progress=progress,
         )
-        tweaked.heads[cluster].load_state_dict({key: value.cpu() for key, value in head.state_dict().items()})
+        head_nme = _head_nme(head, val_features, val_cluster_lips)
+        no_gain = config.keep_if_better and not head_nme < base_nme
+        if not no_gain:  # otherwise the head keeps the base weights TweakedTCNN.from_vanilla gave it
+            tweaked.heads[cluster].load_state_dict({key: value.cpu() for key, value in head.state_dict().items()})
         reports.append(HeadReport(
-            cluster, len(train_index), len(val_index), False, scope, base_nme,
-            _head_nme(head, val_features, val_cluster_lips), result.best_epoch, len(result.history), result.history,
+            cluster, len(train_index), len(val_index), no_gain, scope, base_nme, head_nme,
+            result.best_epoch, len(result.history), result.history, fallback_reason="no validation gain" if no_gain else "",
         ))
     return tweaked.eval(), reports
 

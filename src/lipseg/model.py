@@ -25,6 +25,7 @@ class TCNNConfig:
     conv_kernels: list[int] = field(default_factory=lambda: [5, 3, 3, 2])
     fc5: int = 100
     batch_norm: bool = False  # BatchNorm after each conv: faster, steadier training (not in the paper)
+    conv_activation: str = "abs_tanh"  # abs_tanh (the paper's) | relu; FC5 always uses |tanh| for the GMM
     num_points: int = LIP_COUNT
 
     def to_dict(self) -> dict:
@@ -42,6 +43,9 @@ class AbsTanh(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.abs(torch.tanh(x))
+
+
+CONV_ACTIVATIONS: dict[str, type[nn.Module]] = {"abs_tanh": AbsTanh, "relu": nn.ReLU}
 
 
 class Normaliser(nn.Module):
@@ -65,6 +69,8 @@ class ConvTrunk(nn.Module):
 
     def __init__(self, config: TCNNConfig):
         super().__init__()
+        if config.conv_activation not in CONV_ACTIVATIONS:
+            raise ValueError(f"conv_activation must be one of {tuple(CONV_ACTIVATIONS)}, got {config.conv_activation!r}")
         layers: list[nn.Module] = []
         channels = config.in_channels
         last = len(config.conv_channels) - 1
@@ -72,7 +78,7 @@ class ConvTrunk(nn.Module):
             layers.append(nn.Conv2d(channels, width, kernel, bias=not config.batch_norm))
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(width))
-            layers.append(AbsTanh())
+            layers.append(CONV_ACTIVATIONS[config.conv_activation]())
             if index < last:  # the last conv is not pooled, as in the paper
                 layers.append(nn.MaxPool2d(2))
             channels = width

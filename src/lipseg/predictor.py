@@ -98,7 +98,7 @@ class LipPredictor:
     from the face box), cropped with the training geometry, and the TCNN (with gating) gives 56 points."""
 
     def __init__(self, model_folder: Path, detector: str = "hog", upsample: int = 1, mouth_source: str = "dlib68",
-                 engine: str = "onnx", threads: int = 1, flip_average: bool = False):
+                 engine: str = "onnx", threads: int = 1, flip_average: bool = False, cascade_passes: int = 3):
         if mouth_source not in MOUTH_SOURCES:
             raise ValueError(f"mouth source must be one of {MOUTH_SOURCES}, got {mouth_source!r}")
         if engine not in ENGINES:
@@ -106,7 +106,11 @@ class LipPredictor:
         self.model, self.geometry, self.meta = load_model_folder(model_folder)
         self.engine = engine
         runner = OnnxCropRunner(model_folder, threads) if engine == "onnx" else None
-        self.run_crops = (lambda crops: runner(crops, flip_average)) if runner else (lambda crops: predict_crops(self.model, crops, flip_average=flip_average))
+        self.flip_average = flip_average
+        self.run_crops = runner if runner else (lambda crops, flip=False: predict_crops(self.model, crops, flip_average=flip))
+        if cascade_passes < 2:
+            raise ValueError(f"the cascade needs at least 2 passes (locate, then final), got {cascade_passes}")
+        self.cascade_passes = cascade_passes
         self.mouth_source = mouth_source
         self.face_to_mouth = None
         if mouth_source == "cascade":
@@ -116,14 +120,16 @@ class LipPredictor:
         self.locator = DlibMouthLocator(detector, upsample) if mouth_source == "dlib68" else None
         self.detector = self.locator.detector if self.locator else cached_detector(detector, upsample)
 
-    def _landmarks(self, image: np.ndarray, boxes: list[tuple[np.ndarray, float]], timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(lips in image pixels (F, 56, 2), clusters (F,), crop bounds (F, 4)) for square boxes."""
+    def _landmarks(self, image: np.ndarray, boxes: list[tuple[np.ndarray, float]], timings: dict[str, float],
+                   final: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lips in image pixels (F, 56, 2), clusters (F,), crop bounds (F, 4)) for square boxes; flip
+        averaging only on the `final` pass (a locating pass needs a box, not the last bit of accuracy)."""
         started = time.perf_counter()
         transforms = [image_to_crop_transform(centre, side) for centre, side in boxes]
         crops = np.stack([warp_crop(image, transform, self.geometry.size) for transform in transforms])
         timings["crop"] = timings.get("crop", 0.0) + (time.perf_counter() - started) * 1000
         started = time.perf_counter()
-        predictions = self.run_crops(crops)
+        predictions = self.run_crops(crops, self.flip_average and final)
         timings["tcnn"] = timings.get("tcnn", 0.0) + (time.perf_counter() - started) * 1000
         lips = np.stack([crop_to_image(points, transform) for points, transform in zip(predictions.lips, transforms)])
         bounds = np.array([[c[0] - s / 2, c[1] - s / 2, c[0] + s / 2, c[1] + s / 2] for c, s in boxes], np.float32)
@@ -146,10 +152,13 @@ class LipPredictor:
             boxes = [self.geometry.box(self.locator.mouth(image, face, rgb).mouth) for face in faces]
             timings["mouth"] = (time.perf_counter() - started) * 1000
         else:
-            first_pass, _, _ = self._landmarks(image, [self.face_to_mouth.box(face.box) for face in faces], timings)
-            boxes = [self.geometry.box(lips) for lips in first_pass]
+            # Every pass but the last only locates the mouth: each re-crops around the previous lips.
+            boxes = [self.face_to_mouth.box(face.box) for face in faces]
+            for _ in range(self.cascade_passes - 1):
+                located, _, _ = self._landmarks(image, boxes, timings, final=False)
+                boxes = [self.geometry.box(lips) for lips in located]
             timings["mouth"] = (time.perf_counter() - started) * 1000
-            timings.pop("crop"), timings.pop("tcnn")  # the first pass counts as mouth localisation
+            timings.pop("crop"), timings.pop("tcnn")  # the locating passes count as mouth localisation
         return self._image_lips(image, boxes, faces, timings)
 
     def _image_lips(self, image: np.ndarray, boxes: list[tuple[np.ndarray, float]], sources: list, timings: dict[str, float]) -> ImageLips:
