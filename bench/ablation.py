@@ -25,10 +25,8 @@ for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -38,11 +36,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 sys.path.insert(0, str(ROOT / "bench"))
 import predict as predict_bench  # noqa: E402
+import speed as speed_bench  # noqa: E402
 
 from lipseg.crop import CropSet, read_image, warp_crop  # noqa: E402
 from lipseg.datasets.helen import load_split  # noqa: E402
 from lipseg.devtools import dvc_repro, scratch_env, set_params  # noqa: E402
-from lipseg.evaluation import ground_truth_for, score  # noqa: E402
+from lipseg.evaluation import ground_truth_for, score, score_metrics  # noqa: E402
 from lipseg.io import load_npz  # noqa: E402
 from lipseg.model_folder import load_model_folder, predict_crops  # noqa: E402
 
@@ -89,9 +88,8 @@ def crop_metrics(repo: Path, split: str, model_dir: Path, flip: bool) -> dict:
     crops = CropSet.from_arrays(load_npz(repo / "data/crops" / f"{split}.npz"))
     records = {r.name: r for r in load_split(repo / "data/raw", "test" if split == "test" else "train")[0]}
     model, _, _ = load_model_folder(model_dir)
-    result = score(predict_crops(model, crops.images, flip_average=flip), crops, ground_truth_for(crops, records), 0.1)
-    return {**{key: result.headline[f"f1_{key}"] for key in CLASSES}, "nme_io": result.headline["nme_io"],
-            "nme_io_respaced": float(np.nanmean(result.nme_io_respaced))}
+    metrics = score_metrics(score(predict_crops(model, crops.images, flip_average=flip), crops, ground_truth_for(crops, records), 0.1))
+    return {**{key: metrics[f"f1_{key}"] for key in CLASSES}, "nme_io": metrics["nme_io"], "nme_io_respaced": metrics["nme_io_respaced"]}
 
 
 def landmark_ms(repo: Path, model_dir: Path, flip: bool, faces: int = 60, repeats: int = 20) -> float:
@@ -102,7 +100,6 @@ def landmark_ms(repo: Path, model_dir: Path, flip: bool, faces: int = 60, repeat
     from lipseg.predictor import OnnxCropRunner
 
     cv2.setNumThreads(1)
-
     crops = CropSet.from_arrays(load_npz(repo / "data/crops/test.npz"))
     records = {r.name: r for r in load_split(repo / "data/raw", "test")[0]}
     runner = OnnxCropRunner(model_dir, threads=1)
@@ -110,23 +107,12 @@ def landmark_ms(repo: Path, model_dir: Path, flip: bool, faces: int = 60, repeat
     times = []
     for index in range(min(faces, len(crops))):
         image = read_image(records[str(crops.names[index])].image_path)
-        height, width = image.shape[:2]
-        scale = min(640 / width, 480 / height)
-        offset = np.array([(640 - round(width * scale)) // 2, (480 - round(height * scale)) // 2], np.float64)
-        boxed = np.zeros((480, 640, 3), np.uint8)
-        resized = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-        boxed[int(offset[1]):int(offset[1]) + resized.shape[0], int(offset[0]):int(offset[0]) + resized.shape[1]] = resized
-        image = boxed
+        scale, _, _, x0, y0 = speed_bench.letterbox_placement(*image.shape[:2])
+        boxed = speed_bench.letterbox(image)
         transform = np.asarray(crops.image_to_crop[index], np.float64).copy()  # photo pixels -> letterbox pixels
-        transform[:, 2] -= transform[:, :2] @ offset / scale
+        transform[:, 2] -= transform[:, :2] @ np.array([x0, y0], np.float64) / scale
         transform[:, :2] /= scale
-        runner(warp_crop(image, transform, size)[None], flip)  # warm-up
-        runs = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            runner(warp_crop(image, transform, size)[None], flip)
-            runs.append(time.perf_counter() - started)
-        times.append(statistics.median(runs) * 1000)
+        times.append(speed_bench.timed_ms(lambda: runner(warp_crop(boxed, transform, size)[None], flip), repeats))
     return float(np.median(times))
 
 

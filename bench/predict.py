@@ -49,13 +49,12 @@ DLIB_REFERENCE = {"lips": 0.803, "upper_lip": 0.763, "lower_lip": 0.780, "inner_
 def read_names(helen: Path, limit: int | None, names_source: Path | None = None) -> list[str]:
     """Test names, or those of `names_source`: a text file (one per line) or a pipeline crops file such as
     data/crops/val.npz, so settings can be chosen on the validation split and only reported on test."""
-    if names_source is None:
-        names = [line.strip() for line in (helen / "testnames.txt").read_text().splitlines() if line.strip()]
-    elif names_source.suffix == ".npz":
-        with np.load(names_source) as crops:
+    source = names_source or helen / "testnames.txt"
+    if source.suffix == ".npz":
+        with np.load(source) as crops:
             names = list(dict.fromkeys(str(name) for name in crops["names"]))
     else:
-        names = [line.strip() for line in names_source.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in source.read_text().splitlines() if line.strip()]
     return names[:limit] if limit else names
 
 

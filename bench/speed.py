@@ -91,14 +91,18 @@ def single(value_ms: float | None, unit: str, note: str = "", **extra) -> dict:
     return entry
 
 
-def letterbox(image: np.ndarray, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
-    """Resize to fit width x height keeping the aspect ratio, centred on black."""
-    h, w = image.shape[:2]
+def letterbox_placement(h: int, w: int, width: int = WIDTH, height: int = HEIGHT) -> tuple[float, int, int, int, int]:
+    """(scale, new width, new height, x0, y0) of an h x w photo fitted into width x height, centred."""
     scale = min(width / w, height / h)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    return scale, new_w, new_h, (width - new_w) // 2, (height - new_h) // 2
+
+
+def letterbox(image: np.ndarray, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    """Resize to fit width x height keeping the aspect ratio, centred on black."""
+    scale, new_w, new_h, x0, y0 = letterbox_placement(*image.shape[:2], width, height)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     canvas = np.zeros((height, width, 3), np.uint8)
-    y0, x0 = (height - new_h) // 2, (width - new_w) // 2
     canvas[y0:y0 + new_h, x0:x0 + new_w] = resized
     return canvas
 

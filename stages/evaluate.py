@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from lipseg.crop import CropSet
 from lipseg.datasets.helen import load_split
-from lipseg.evaluation import ModelScore, ced_table, format_summary, ground_truth_for, overlay_tiles, per_cluster, score, write_prediction_files
+from lipseg.evaluation import (
+    ced_table, format_summary, ground_truth_for, overlay_tiles, per_cluster, score, score_metrics, write_prediction_files,
+)
 from lipseg.io import atomic_directory, load_npz, load_params, write_json_atomic, write_png_atomic, write_text_atomic
 from lipseg.masks import overlay_grid
 from lipseg.plots import ced_curves
@@ -21,14 +21,6 @@ MODELS = {"base": Path("models/base"), "tweaked": Path("models/tcnn")}
 METRICS = Path("metrics.json")
 CED_CSV = Path("reports/evaluate_ced.csv")
 REPORT_DIR = Path("reports/evaluate")
-
-
-def score_metrics(model_score: ModelScore) -> dict[str, float]:
-    return {
-        **model_score.headline,
-        "nme_io_respaced": float(np.nanmean(model_score.nme_io_respaced)),
-        "nme_mw_respaced": float(np.nanmean(model_score.nme_mw_respaced)),
-    }
 
 
 def main() -> None:

@@ -63,6 +63,16 @@ def score(predictions: CropPredictions, crops: CropSet, truth: list[GroundTruthF
     )
 
 
+def score_metrics(model_score: ModelScore) -> dict[str, float]:
+    """The metrics.json entry of one model on one split: lipeval's headline figures plus the NMEs
+    against the re-spaced ground truth."""
+    return {
+        **model_score.headline,
+        "nme_io_respaced": float(np.nanmean(model_score.nme_io_respaced)),
+        "nme_mw_respaced": float(np.nanmean(model_score.nme_mw_respaced)),
+    }
+
+
 def ground_truth_for(crops: CropSet, records: dict[str, Record]) -> list[GroundTruthFace]:
     return [
         GroundTruthFace(points=records[str(name)].points, height=int(hw[0]), width=int(hw[1]), name=str(name))
