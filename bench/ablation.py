@@ -47,7 +47,7 @@ from lipseg.model_folder import load_model_folder, predict_crops  # noqa: E402
 
 WIDE = ["train_base.conv_channels=[24,48,64,96]", "train_base.fc5=192"]
 # Each row: (label, params overrides on top of params.yaml). The chain adds one lever at a time; the
-# branches after "size48" try BatchNorm and the cosine schedule on top of it.
+# branches after "size48" try BatchNorm, the cosine schedule and longer training (more jitter copies) on top of it.
 PAPER = ["crop.augment.flip=false", "crop.size=40", "train_base.loss=mse", "train_base.batch_norm=false",
          "train_base.conv_channels=[16,48,64,64]", "train_base.fc5=100", "train_base.lr_schedule=plateau",
          "train_base.conv_activation=abs_tanh"]
@@ -62,6 +62,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "cosine": ("size48 + cosine LR, 60 epochs", PAPER + ["crop.augment.flip=true", "train_base.loss=wing", *WIDE, "crop.size=48",
                                                         "train_base.lr_schedule=cosine", "train_base.max_epochs=60",
                                                         "train_base.patience=60"]),
+    "long": ("size48 + 16 jitter copies, patience 25", PAPER + ["crop.augment.flip=true", "train_base.loss=wing", *WIDE,
+                                                              "crop.size=48", "crop.augment.copies=16",
+                                                              "train_base.patience=25"]),
     "default": ("params.yaml as committed", []),
 }
 CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth")

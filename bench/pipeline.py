@@ -15,16 +15,14 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lipseg.devtools import dvc_repro, make_scratch_repo, run_checked, set_params  # noqa: E402
+from lipseg.devtools import dvc_repro, helen_scratch_repo, run_checked, set_params  # noqa: E402
 
 CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth", "mouth")
 
@@ -45,25 +43,16 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params override, e.g. --set crop.box_source=detector (YAML value; repeatable)")
     parser.add_argument("--skip-incremental", action="store_true", help="only the full run")
+    parser.add_argument("--target", action="append", default=[], metavar="STAGE",
+                        help="dvc repro these stages and what they depend on (default: evaluate, i.e. the TCNN pipeline; "
+                             "the segmenters have bench/segmenters.py)")
     args = parser.parse_args()
-    if not (args.helen / "annotation").is_dir():
-        sys.exit(f"Helen-layout folder not found: {args.helen}")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lipseg-bench-"))
-    repo = workdir / "repo"
-    if repo.exists():
-        shutil.rmtree(repo)
-    overrides: dict = {"data": {"source": "helen", "helen_path": str(args.helen.resolve())}}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        node = overrides
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    env = make_scratch_repo(repo, ROOT, overrides)
+    repo, env = helen_scratch_repo(args.helen, args.workdir, args.set)
+    workdir = repo.parent
 
     print(f"full dvc repro on {args.helen} (scratch repo {repo}) ...", flush=True)
-    stages_full, full_seconds = dvc_repro(repo, env)
+    targets = tuple(args.target or ["evaluate"])
+    stages_full, full_seconds = dvc_repro(repo, env, targets)
     metrics = json.loads((repo / "metrics.json").read_text())
     clusters = json.loads((repo / "reports/fit_gmm/clusters.json").read_text())
     heads = json.loads((repo / "reports/finetune_heads.json").read_text())
@@ -84,7 +73,7 @@ def main() -> None:
         shutil.copytree(repo / "models", workdir / "models_auto_k", dirs_exist_ok=True)
         set_params(repo, {"gmm": {"k": new_k}})
         print(f"incremental dvc repro after gmm.k: auto (chose {chosen}) -> {new_k} ...", flush=True)
-        stages_incremental, incremental_seconds = dvc_repro(repo, env)
+        stages_incremental, incremental_seconds = dvc_repro(repo, env, targets)
         metrics_new_k = json.loads((repo / "metrics.json").read_text())
 
     result = {

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from lipseg.crop import read_image  # noqa: E402
-from lipseg.detect import FaceDetector, ShapePredictor68, mouth_points, to_rgb  # noqa: E402
+from lipseg.detect import DETECTORS, FaceDetector, ShapePredictor68, mouth_points, to_rgb  # noqa: E402
 from lipseg.masks import (  # noqa: E402
     crop_around,
     ibug_mouth_polygons,
@@ -97,12 +97,12 @@ def run_ours(paths: list[Path], out_dir: Path, model: Path, mouth: str, detector
     return {"seconds": seconds, "exit_status": completed.returncode, "stderr_tail": completed.stderr[-2000:]}
 
 
-def run_dlib(paths: list[Path], names: list[str], out_dir: Path, gt: dict[str, np.ndarray]) -> dict:
-    """dlib HOG (upsample 1) + 68 points -> iBUG mouth polygons -> label mask of the face whose mouth
+def run_dlib(paths: list[Path], names: list[str], out_dir: Path, gt: dict[str, np.ndarray], detector_kind: str = "hog") -> dict:
+    """dlib's detector (`detector_kind`, upsample 1; the reference is HOG) + 68 points -> iBUG mouth polygons -> label mask of the face whose mouth
     is nearest the annotated one. lipeval picks that face from our JSON files; a PNG has no faces, so
     the same choice is made here, or every other face's mouth would count as false positives."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    detector, shapes = FaceDetector("hog", 1), ShapePredictor68()
+    detector, shapes = FaceDetector(detector_kind, 1), ShapePredictor68()
     no_face, unreadable, faces_total = [], [], 0
     mouths: dict[str, list[list[list[float]]]] = {}
     started = time.perf_counter()
@@ -227,7 +227,8 @@ def main() -> None:
     parser.add_argument("--lipeval", type=Path, default=ROOT.parent / "shared" / "tools" / "lipeval.py")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "tcnn", help="passed to lipseg predict --model")
     parser.add_argument("--mouth", choices=("dlib68", "cascade"), default="dlib68", help="passed to lipseg predict --mouth")
-    parser.add_argument("--detector", choices=("hog", "cnn"), default="hog", help="passed to lipseg predict --detector")
+    parser.add_argument("--detector", choices=DETECTORS, default="hog",
+                        help="passed to lipseg predict --detector; the dlib baseline uses the same detector")
     parser.add_argument("--engine", choices=("torch", "onnx"), default=None, help="passed to lipseg predict --engine (default: the CLI's)")
     parser.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                         help="passed to lipseg predict (default: the CLI's)")
@@ -254,9 +255,9 @@ def main() -> None:
     print(f"lipseg predict on {len(names)} test photos ({args.model}, mouth={args.mouth}, engine={args.engine or 'default'}) ...", flush=True)
     options = ([] if args.flip_tta is None else ["--flip-tta" if args.flip_tta else "--no-flip-tta"]) + (["--cascade-passes", str(args.cascade_passes)] if args.cascade_passes else [])
     ours_run = run_ours(paths, ours_dir, args.model.resolve(), args.mouth, args.detector, args.engine, options)
-    print(f"dlib HOG + 68 points on {len(names)} test photos ...", flush=True)
+    print(f"dlib {args.detector} + 68 points on {len(names)} test photos ...", flush=True)
     gt = helen_lips(helen, set(names))
-    dlib_run = run_dlib(paths, names, dlib_dir, gt)
+    dlib_run = run_dlib(paths, names, dlib_dir, gt, args.detector)
 
     ours_report = lipeval(args.lipeval, helen, ours_dir, out / "lipeval_ours.json", names_file)
     dlib_report = lipeval(args.lipeval, helen, dlib_dir, out / "lipeval_dlib.json", names_file)

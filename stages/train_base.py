@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lipseg.crop import CropGeometry, CropSet
-from lipseg.io import atomic_directory, load_npz, load_params, write_text_atomic
+from lipseg.io import atomic_directory, csv_text, load_npz, load_params, write_text_atomic
 from lipseg.model import TCNNConfig, VanillaTCNN, images_to_tensor
 from lipseg.plots import training_curves
 from lipseg.model_folder import save_model_folder
@@ -23,14 +21,6 @@ MODEL_DIR = Path("models/base")
 CHECKPOINT = Path("checkpoints/train_base/last.pt")
 HISTORY_CSV = Path("reports/train_base/history.csv")
 CURVES_PNG = Path("reports/train_base/curves.png")
-
-
-def history_csv(history: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    return buffer.getvalue()
 
 
 def main() -> None:
@@ -72,7 +62,7 @@ def main() -> None:
                 "best_epoch": result.best_epoch, "box_source": manifest["box_source"], "face_to_mouth": manifest["face_to_mouth"],
             })
         history = [asdict(record) for record in result.history]
-        write_text_atomic(HISTORY_CSV, history_csv(history))
+        write_text_atomic(HISTORY_CSV, csv_text(history))
         training_curves(history, CURVES_PNG, "train_base")
         run.log_metrics({"best_val_nme": result.best_val_nme, "best_epoch": result.best_epoch, "epochs_run": len(history)}, to_parent=False)
         run.log_artifact(CURVES_PNG)

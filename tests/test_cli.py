@@ -139,3 +139,57 @@ def test_onnx_engine_gives_the_torch_landmarks(photo_folder: Path, tmp_path: Pat
         for torch_face, onnx_face in zip(faces, outputs["onnx"][name], strict=True):
             assert torch_face["cluster"] == onnx_face["cluster"]
             np.testing.assert_allclose(torch_face["lips"], onnx_face["lips"], atol=2e-3)
+
+
+@pytest.fixture
+def segmenter_folder(tmp_path: Path) -> Path:
+    import torch
+
+    from lipseg.crop import CropGeometry
+    from lipseg.segment import SegmenterNet, save_segmenter_folder
+    from lipseg.segmenters import SegmenterConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path / "project" / "models" / "segmenters" / "unet"
+    save_segmenter_folder(folder, SegmenterNet(SegmenterConfig(arch="unet", input_size=32, width=8, depth=3)), CropGeometry(32, 0.5))
+    return folder
+
+
+def test_mask_source_segmenter_labels_the_crops_and_keeps_the_landmarks(photo_folder: Path, tmp_path: Path, tiny_model_folder: Path,
+                                                                         segmenter_folder: Path) -> None:
+    from lipseg.segment import SegmenterRunner
+
+    out = tmp_path / "o"
+    code = main(["predict", str(photo_folder), "--out", str(out), "--model", str(tiny_model_folder), "--mask-source", "segmenter",
+                 "--segmenter", str(segmenter_folder), "--no-overlay", "--quiet"])
+    assert code == 1  # the broken file still fails; the others are processed
+    photo = next(path for path in sorted(photo_folder.glob("*.jpg")) if path.stem != "broken")
+    result = json.loads((out / f"{photo.stem}.json").read_text())
+    assert result["mask_source"] == "segmenter:unet" and len(result["faces"][0]["lips"]) == 56
+    image = cv2.imread(str(photo))
+    expected = SegmenterRunner(segmenter_folder, flip_average=True).label_mask(image, [np.array(face["lips"], np.float32) for face in result["faces"]])
+    written = cv2.imread(str(out / f"{photo.stem}.png"), cv2.IMREAD_UNCHANGED)
+    assert written.shape == image.shape[:2] and (written == expected).mean() > 0.999  # lips rounded to 3 decimals in the JSON
+
+
+def test_mask_source_auto_follows_the_measured_best_and_segmenter_needs_a_model(photo_folder: Path, tmp_path: Path, tiny_model_folder: Path,
+                                                                                  segmenter_folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                                  capsys: pytest.CaptureFixture) -> None:
+    from lipseg.cli import resolve_segmenter
+
+    project = segmenter_folder.parents[2]
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(project)
+    assert resolve_segmenter("auto", None, False, 0) is None  # no comparison yet: the polygons
+    with pytest.raises(CliError, match="no segmenter found"):
+        resolve_segmenter("segmenter", None, False, 0)
+    best = project / "models" / "segmenters" / "best.json"
+    best.write_text(json.dumps({"arch": "unet", "folder": "models/segmenters/unet", "beats_landmarks": False}))
+    assert resolve_segmenter("auto", None, False, 0) is None
+    assert resolve_segmenter("landmarks", None, False, 0) is None
+    assert resolve_segmenter("segmenter", None, False, 0).meta["config"]["arch"] == "unet"
+    best.write_text(json.dumps({"arch": "unet", "folder": "models/segmenters/unet", "beats_landmarks": True}))
+    assert resolve_segmenter("auto", None, False, 0).folder == project / "models/segmenters/unet"
+    assert main(["predict", str(photo_folder), "--out", str(tmp_path / "o"), "--model", str(tiny_model_folder),
+                 "--mask-source", "segmenter", "--segmenter", str(tmp_path / "missing")]) == 2
+    assert "no segmenter found" in capsys.readouterr().err

@@ -45,15 +45,24 @@ def lipseg_imports(path: Path, seen: set[Path] | None = None) -> set[Path]:
     return seen
 
 
-def test_the_seven_stages_in_order() -> None:
-    assert STAGES == ["download", "crop", "train_base", "extract_features", "fit_gmm", "finetune_heads", "evaluate"]
+def test_the_stages_in_order() -> None:
+    assert STAGES == ["download", "crop", "train_base", "extract_features", "fit_gmm", "finetune_heads", "evaluate",
+                      "segment_crops", "train_segmenter", "evaluate_segmenters"]
+
+
+def test_the_segmenter_matrix_covers_every_architecture_with_the_same_params() -> None:
+    from lipseg.segmenters import ARCHITECTURES
+
+    assert DVC["stages"]["train_segmenter"]["matrix"] == {"arch": list(ARCHITECTURES)}
+    assert set(PARAMS["train_segmenter"]) == {"common", *ARCHITECTURES}
+    assert len({tuple(flatten(PARAMS["train_segmenter"][arch])) for arch in ARCHITECTURES}) == 1
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_lists_its_script_and_every_imported_module(stage: str) -> None:
     spec = DVC["stages"][stage]
     script = ROOT / "stages" / f"{stage}.py"
-    assert spec["cmd"] == f"python stages/{stage}.py"
+    assert spec["cmd"] == f"python stages/{stage}.py" + (" ${item.arch}" if "matrix" in spec else "")
     deps = {dep if isinstance(dep, str) else next(iter(dep)) for dep in spec["deps"]}
     assert f"stages/{stage}.py" in deps
     reached = lipseg_imports(script)
@@ -71,5 +80,10 @@ def test_stage_reads_only_its_own_section_and_lists_its_leaves(stage: str) -> No
     source = (ROOT / "stages" / f"{stage}.py").read_text()
     calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "load_params"]
     assert [call.args[0].value for call in calls] == [section]
-    leaves = {f"{section}.{key}" for key in flatten(PARAMS[section])}
+    if "matrix" in DVC["stages"][stage]:  # `common` plus the item's own subsection (all have the same keys)
+        first = DVC["stages"][stage]["matrix"]["arch"][0]
+        leaves = {f"{section}.common.{key}" for key in flatten(PARAMS[section]["common"])}
+        leaves |= {f"{section}.${{item.arch}}.{key}" for key in flatten(PARAMS[section][first])}
+    else:
+        leaves = {f"{section}.{key}" for key in flatten(PARAMS[section])}
     assert set(DVC["stages"][stage].get("params", [])) == leaves

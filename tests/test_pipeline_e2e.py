@@ -15,7 +15,9 @@ from lipseg.devtools import dvc_repro, make_scratch_repo, run_checked, set_param
 
 ROOT = Path(__file__).resolve().parents[1]
 LIPEVAL = ROOT.parent / "shared" / "tools" / "lipeval.py"
-ALL = ["download", "crop", "train_base", "extract_features", "fit_gmm", "finetune_heads", "evaluate"]
+TCNN = ["download", "crop", "train_base", "extract_features", "fit_gmm", "finetune_heads", "evaluate"]
+SEGMENTERS = ["train_segmenter@unet", "train_segmenter@pspnet", "train_segmenter@segnet", "train_segmenter@deeplabv3plus"]
+ALL = TCNN + ["segment_crops", *SEGMENTERS, "evaluate_segmenters"]
 
 TINY = {
     "data": {"source": "synthetic", "seed": 0, "synthetic": {"n_train": 40, "n_test": 12, "image_size": 128}},
@@ -24,6 +26,9 @@ TINY = {
     "gmm": {"k": "auto", "k_range": [2, 3], "n_init": 1, "montage_per_cluster": 8},
     "heads": {"epochs": 2, "patience": 2, "min_cluster_size": 5, "min_val_size": 2},
     "evaluate": {"overlay_count": 4},
+    "segment_crops": {"size": 32, "copies": 1},
+    "train_segmenter": {"common": {"max_epochs": 2, "patience": 2, "batch_size": 32}},
+    "evaluate_segmenters": {"figure_faces": 3},
 }
 
 
@@ -57,17 +62,29 @@ def test_full_run_then_incremental_reruns(pipeline_repo: tuple[Path, dict[str, s
         assert (repo / artifact).is_file(), artifact
     assert run_checked([sys.executable, "-m", "dvc", "status"], repo, env).strip().endswith("Data and pipelines are up to date.")
 
+    segmenter_metrics = json.loads((repo / "metrics_segmenters.json").read_text())
+    assert set(segmenter_metrics["models"]) == {"tcnn landmarks", "unet", "pspnet", "segnet", "deeplabv3plus"}
+    for name, summary in segmenter_metrics["models"].items():
+        assert 0.0 <= summary["f1_lips"] <= 1.0 and summary["images"] == 12, name
+        assert len(list((repo / "reports/evaluate_segmenters/pred_test" / name.replace(" ", "_")).glob("*.png"))) == 12
+    best = json.loads((repo / "models/segmenters/best.json").read_text())
+    assert best["arch"] == segmenter_metrics["best_segmenter"] and (repo / best["folder"] / "model.safetensors").is_file()
+    assert (repo / "reports/evaluate_segmenters/models.png").is_file()
+
     # Nothing changed: nothing runs.
     assert repro(repo, env) == []
-    # K changes: only the GMM and what follows it.
+    # K changes: only the GMM and what follows it; the segmenters keep their crops (measured with the base model).
     set_params(repo, {"gmm": {"k": 2}})
-    assert repro(repo, env) == ["fit_gmm", "finetune_heads", "evaluate"]
-    # The heads' learning rate: only the heads and the evaluation.
+    assert sorted(repro(repo, env)) == sorted(["fit_gmm", "finetune_heads", "evaluate", "evaluate_segmenters"])
+    # The heads' learning rate: only the heads and the evaluations.
     set_params(repo, {"heads": {"lr": 0.0003}})
-    assert repro(repo, env) == ["finetune_heads", "evaluate"]
+    assert sorted(repro(repo, env)) == sorted(["finetune_heads", "evaluate", "evaluate_segmenters"])
+    # One architecture's params: that architecture and the comparison, nothing else.
+    set_params(repo, {"train_segmenter": {"pspnet": {"width": 8}}})
+    assert repro(repo, env) == ["train_segmenter@pspnet", "evaluate_segmenters"]
     # The base model's params: train_base and everything after it, never download or crop.
     set_params(repo, {"train_base": {"lr": 0.002}})
-    assert repro(repo, env) == ["train_base", "extract_features", "fit_gmm", "finetune_heads", "evaluate"]
+    assert sorted(repro(repo, env)) == sorted(ALL[2:])
 
     # MLflow: one parent run per `dvc repro` that ran something, each stage a child of it.
     with sqlite3.connect(repo / "mlflow.db") as db:
@@ -77,10 +94,11 @@ def test_full_run_then_incremental_reruns(pipeline_repo: tuple[Path, dict[str, s
         parent_of = dict(db.execute("select run_uuid, value from tags where key = 'mlflow.parentRunId'").fetchall())
         versions = db.execute("select version from model_versions where name = 'lipseg-tcnn'").fetchall()
         aliases = db.execute("select alias from registered_model_aliases where name = 'lipseg-tcnn'").fetchall()
-    assert len(parents) == 4
+    assert len(parents) == 5
     stage_runs = [run for run, stage in stage_of.items() if parent_of.get(run) in parents]
-    assert sorted(stage_of[run] for run in stage_runs) == sorted(ALL + ["fit_gmm", "finetune_heads", "evaluate"]
-                                                                   + ["finetune_heads", "evaluate"] + ALL[2:])
+    assert sorted(stage_of[run] for run in stage_runs) == sorted(
+        ALL + ["fit_gmm", "finetune_heads", "evaluate", "evaluate_segmenters"] + ["finetune_heads", "evaluate", "evaluate_segmenters"]
+        + ["train_segmenter@pspnet", "evaluate_segmenters"] + ALL[2:])
     assert len(versions) == 4 and aliases == [("champion",)]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 DEFAULT_MODEL = Path("models/tcnn")
+BEST_SEGMENTER = Path("models/segmenters/best.json")  # written by the evaluate_segmenters stage
 
 
 class CliError(Exception):
@@ -50,12 +51,18 @@ class Summary:
             print(f"lipseg: failed: {name}: {reason}", file=stream)
 
 
-def project_model_folder() -> Path | None:
+def project_folder() -> Path | None:
+    """The lipseg project (the folder with dvc.yaml) the current directory is in, if any."""
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
         if (folder / "dvc.yaml").is_file():
-            return folder / DEFAULT_MODEL
+            return folder
     return None
+
+
+def project_model_folder() -> Path | None:
+    project = project_folder()
+    return project / DEFAULT_MODEL if project else None
 
 
 def resolve_model(spec: str | None, cache_dir: Path | None = None) -> Path:
@@ -118,11 +125,45 @@ def safe_output(out_dir: Path, stem: Path, suffix: str) -> Path:
     return target
 
 
-def face_mask(result) -> np.ndarray:
-    """The label mask of all faces of one predicted image or frame."""
+def resolve_segmenter(mask_source: str, spec: str | None, flip_average: bool, threads: int):
+    """--mask-source/--segmenter -> a SegmenterRunner, or None for the landmark polygons.
+
+    `auto` takes the segmenter that evaluate_segmenters found best (models/segmenters/best.json) when it
+    beat the landmark polygons on the test photos and its folder is here; otherwise the polygons."""
+    if mask_source == "landmarks":
+        return None
+    from lipseg.segment import SegmenterFolderError, SegmenterRunner
+
+    folder = Path(spec) if spec else None
+    if folder is None:
+        project = project_folder()
+        best_file = project / BEST_SEGMENTER if project else None
+        if best_file is not None and best_file.is_file():
+            best = json.loads(best_file.read_text(encoding="utf-8"))
+            if best.get("beats_landmarks") or mask_source == "segmenter":
+                folder = project / best["folder"]
+    if folder is None or not folder.is_dir():
+        if mask_source == "auto":
+            return None
+        raise CliError("--mask-source segmenter: no segmenter found (run `dvc repro evaluate_segmenters` or pass --segmenter DIR)")
+    try:
+        return SegmenterRunner(folder, flip_average=flip_average, threads=threads or None)
+    except SegmenterFolderError as error:
+        raise CliError(str(error)) from error
+
+
+def face_mask(result, image: np.ndarray, segmenter=None) -> np.ndarray:
+    """The label mask of all faces of one predicted image or frame: the landmark polygons, or the
+    segmenter's labels on each face's TCNN-located crop."""
+    if segmenter is not None:
+        return segmenter.label_mask(image, [face.lips for face in result.faces])
     from lipseg.masks import label_mask_from_faces
 
     return label_mask_from_faces([face.lips for face in result.faces], result.height, result.width)
+
+
+def mask_source_name(segmenter) -> str:
+    return "landmarks" if segmenter is None else f"segmenter:{segmenter.meta['config']['arch']}"
 
 
 def annotate(image: np.ndarray, result, mask: np.ndarray) -> np.ndarray:
@@ -132,7 +173,7 @@ def annotate(image: np.ndarray, result, mask: np.ndarray) -> np.ndarray:
     return overlay(image, mask, [face.lips for face in result.faces])
 
 
-def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool, summary: Summary) -> None:
+def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool, summary: Summary, segmenter=None) -> None:
     from lipseg.crop import read_image
     from lipseg.io import write_png_atomic, write_text_atomic
 
@@ -142,9 +183,9 @@ def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool,
         raise OSError("not a readable image (empty, truncated or unsupported format)")
     result = predictor.predict(image)
     mask_started = time.perf_counter()
-    mask = face_mask(result)
+    mask = face_mask(result, image, segmenter)
     result.timings_ms["mask"] = (time.perf_counter() - mask_started) * 1000
-    payload = {"image": str(item.path), **result.to_json(), "model": predictor.meta.get("kind")}
+    payload = {"image": str(item.path), **result.to_json(), "model": predictor.meta.get("kind"), "mask_source": mask_source_name(segmenter)}
     write_text_atomic(safe_output(out_dir, item.out_stem, ".json"), json.dumps(payload) + "\n")
     write_png_atomic(safe_output(out_dir, item.out_stem, ".png"), mask)
     if overlay:
@@ -164,7 +205,7 @@ def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool,
     summary.image_ms.append((time.perf_counter() - started) * 1000)
 
 
-def predict_video_file(item: InputFile, predictor, out_dir: Path, args: argparse.Namespace, summary: Summary) -> None:
+def predict_video_file(item: InputFile, predictor, out_dir: Path, args: argparse.Namespace, summary: Summary, segmenter=None) -> None:
     import cv2
 
     from lipseg.video import VideoTracker, read_frames, video_info
@@ -183,7 +224,7 @@ def predict_video_file(item: InputFile, predictor, out_dir: Path, args: argparse
                                  disable=args.quiet, leave=False):
             result, track_ids, detected = tracker.step(frame, index, 1.0 / fps)
             detections += detected
-            writer.write(annotate(frame, result, face_mask(result)))
+            writer.write(annotate(frame, result, face_mask(result, frame, segmenter)))
             record = {"frame": index, "time_s": round(index / fps, 4), "detected": bool(detected), **result.to_json()}
             for face_json, ident in zip(record["faces"], track_ids):
                 face_json["track"] = ident
@@ -218,6 +259,9 @@ def run_predict(args: argparse.Namespace) -> int:
                                  cascade_passes=args.cascade_passes)
     except ModelFolderError as error:
         raise CliError(str(error)) from error
+    segmenter = resolve_segmenter(args.mask_source, args.segmenter, args.flip_tta, args.threads)
+    if not args.quiet:
+        print(f"lipseg: masks from {mask_source_name(segmenter)}" + (f" ({segmenter.folder})" if segmenter else ""), file=sys.stderr)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
@@ -225,9 +269,9 @@ def run_predict(args: argparse.Namespace) -> int:
     for item in tqdm(inputs, desc="lipseg predict", unit="file", disable=args.quiet or len(inputs) < 2):
         try:
             if item.kind == "video":
-                predict_video_file(item, predictor, out_dir, args, summary)
+                predict_video_file(item, predictor, out_dir, args, summary, segmenter)
             else:
-                predict_image_file(item, predictor, out_dir, not args.no_overlay, summary)
+                predict_image_file(item, predictor, out_dir, not args.no_overlay, summary, segmenter)
         except (OSError, ValueError) as error:
             summary.failed.append((str(item.path), str(error)))
             print(f"lipseg: error: {item.path}: {error}", file=sys.stderr)
@@ -263,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, metavar="DIR", help="output folder (nothing is written outside it)")
     predict.add_argument("--model", metavar="MODEL", help="model folder or MLflow URI such as models:/lipseg-tcnn@champion "
                          "(default: the project's latest trained model, models/tcnn)")
-    predict.add_argument("--detector", choices=("hog", "cnn"), default="hog", help="dlib face detector (default: hog)")
+    predict.add_argument("--detector", choices=("hog", "cnn", "hog+cnn"), default="hog",
+                         help="dlib face detector; hog+cnn runs the CNN only where HOG finds no face (default: hog)")
     predict.add_argument("--upsample", type=int, default=1, help="dlib detector upsampling, finds smaller faces (default: 1)")
     predict.add_argument("--mouth", choices=("dlib68", "cascade"), default="dlib68",
                          help="mouth locator: dlib's 68-point predictor, or our TCNN cascade from the face box (default: dlib68)")
@@ -276,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=True,
                          help="average each face's final landmarks with those of its mirror image: more accurate on the "
                               "validation split, twice the final TCNN pass (default: on)")
+    predict.add_argument("--mask-source", choices=("auto", "landmarks", "segmenter"), default="auto",
+                         help="label masks from the TCNN landmark polygons, or from a pixel-wise segmenter on each face's "
+                              "TCNN-located crop; auto = the segmenter when evaluate_segmenters measured it more accurate "
+                              "and it is here, else the polygons. The JSON always carries the TCNN landmarks (default: auto)")
+    predict.add_argument("--segmenter", metavar="DIR", help="segmenter model folder (default: the best one of models/segmenters)")
     predict.add_argument("--no-overlay", action="store_true", help="skip the *_overlay.jpg files")
     predict.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     video = predict.add_argument_group("video")

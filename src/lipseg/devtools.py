@@ -27,6 +27,21 @@ def deep_update(target: dict, changes: dict) -> dict:
     return target
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`a.b.c=VALUE` strings (VALUE parsed as YAML) -> a nested params dict for deep_update/set_params."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        *parents, leaf = key.split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return overrides
+
+
 def set_params(repo: Path, changes: dict[str, Any]) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
     (repo / "params.yaml").write_text(yaml.safe_dump(deep_update(params, changes), sort_keys=False), encoding="utf-8")
@@ -71,8 +86,23 @@ def make_scratch_repo(repo: Path, project_root: Path, params: dict[str, Any] | N
     return env
 
 
-def dvc_repro(repo: Path, env: dict[str, str]) -> tuple[list[str], float]:
-    """(stages DVC reports as run, in order; wall seconds) of one `dvc repro`."""
+def dvc_repro(repo: Path, env: dict[str, str], targets: tuple[str, ...] = ()) -> tuple[list[str], float]:
+    """(stages DVC reports as run, in order; wall seconds) of one `dvc repro [targets]` (all stages when
+    no target is given; a target also runs the stages it depends on)."""
     started = time.perf_counter()
-    output = run_checked([sys.executable, "-m", "dvc", "repro"], repo, env)
-    return re.findall(r"Running stage '([a-z_]+)'", output), time.perf_counter() - started
+    output = run_checked([sys.executable, "-m", "dvc", "repro", *targets], repo, env)
+    return re.findall(r"Running stage '([a-z_@0-9]+)'", output), time.perf_counter() - started
+
+
+def helen_scratch_repo(helen: Path, workdir: Path | None, settings: list[str], prefix: str = "lipseg-bench-") -> tuple[Path, dict[str, str]]:
+    """A fresh scratch repo (`workdir`/repo, or under a temp dir) whose pipeline reads the Helen-layout
+    folder `helen`, with `KEY=VALUE` settings on top of params.yaml: what the benchmarks run in."""
+    import tempfile
+
+    if not (helen / "annotation").is_dir():
+        raise SystemExit(f"Helen-layout folder not found: {helen}")
+    repo = (workdir or Path(tempfile.mkdtemp(prefix=prefix))) / "repo"
+    if repo.exists():
+        shutil.rmtree(repo)
+    overrides = deep_update({"data": {"source": "helen", "helen_path": str(helen.resolve())}}, parse_overrides(settings))
+    return repo, make_scratch_repo(repo, Path(__file__).resolve().parents[2], overrides)

@@ -23,15 +23,16 @@ def _save(figure: plt.Figure, path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def training_curves(history: Sequence[dict], path: Path, title: str) -> None:
+def training_curves(history: Sequence[dict], path: Path, title: str, metric_key: str = "val_nme",
+                    metric_label: str = "NME (mouth width)", loss_label: str = "loss (MSE / mouth width²)") -> None:
     epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, nme_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
     loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train")
     loss_axis.plot(epochs, [row["val_loss"] for row in history], label="validation")
-    loss_axis.set(xlabel="epoch", ylabel="loss (MSE / mouth width²)", yscale="log", title="loss")
+    loss_axis.set(xlabel="epoch", ylabel=loss_label, yscale="log", title="loss")
     loss_axis.legend()
-    nme_axis.plot(epochs, [row["val_nme"] for row in history], color="tab:green")
-    nme_axis.set(xlabel="epoch", ylabel="NME (mouth width)", title="validation NME")
+    metric_axis.plot(epochs, [row[metric_key] for row in history], color="tab:green")
+    metric_axis.set(xlabel="epoch", ylabel=metric_label, title=f"validation {metric_label}")
     figure.suptitle(title)
     _save(figure, path)
 

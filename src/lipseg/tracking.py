@@ -192,7 +192,8 @@ def stage_run(stage: str, params: dict[str, Any]) -> Iterator[StageRun]:
     key = pipeline_key()
     parent_id = _parent_run_id(experiment_id, key)
     commit = git_commit()
-    section_params = flatten(params, f"{stage}.")
+    # MLflow keys allow no "@": a matrix stage such as train_segmenter@unet logs train_segmenter.unet.* on the parent.
+    section_params = flatten(params, f"{stage.replace('@', '.')}.")
     with mlflow.start_run(run_id=parent_id):
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # already logged by a rerun
             mlflow.log_params({key_: str(value) for key_, value in section_params.items()})
