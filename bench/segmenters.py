@@ -21,13 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lipseg.devtools import dvc_repro, helen_scratch_repo, run_checked  # noqa: E402
+from lipseg.devtools import PROJECT_FOLDERS, dvc_repro, helen_scratch_repo, run_checked, scratch_env  # noqa: E402
 from lipseg.segment import comparison_table  # noqa: E402
 
 # Helen photos are larger than the synthetic default's faces: a 96 px crop and more jittered copies and
-# epochs (about 7 minutes per architecture on 2 CPU cores).
-HELEN_SETTINGS = ["segment_crops.size=96", "segment_crops.copies=3", "train_segmenter.common.max_epochs=10",
-                  "train_segmenter.common.patience=4"]
+# epochs (about 10 minutes per architecture on 2 CPU cores).
+HELEN_SETTINGS = ["segment_crops.size=96", "segment_crops.copies=3", "train_segmenter.common.max_epochs=25",
+                  "train_segmenter.common.patience=6"]
 CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth", "mouth")
 DLIB_REFERENCE = {"lips": 0.803, "upper_lip": 0.763, "lower_lip": 0.780, "inner_mouth": 0.782, "mouth": 0.897}
 
@@ -39,11 +39,26 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="scratch repo location (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "segmenters")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="keep the models trained in --workdir and rerun only the evaluate_segmenters script there, "
+                             "with this checkout's code (e.g. after a change to the evaluation)")
     args = parser.parse_args()
     settings = HELEN_SETTINGS + args.set
-    repo, env = helen_scratch_repo(args.helen, args.workdir, settings, "lipseg-seg-")
-    print(f"dvc repro evaluate_segmenters on {args.helen} (scratch repo {repo}) ...", flush=True)
-    stages, seconds = dvc_repro(repo, env, ("evaluate_segmenters",))
+    if args.reevaluate:
+        if args.workdir is None or not (args.workdir / "repo" / "models" / "segmenters").is_dir():
+            sys.exit("--reevaluate needs --workdir with a finished run")
+        repo, env = (args.workdir / "repo").resolve(), scratch_env()
+        for folder in PROJECT_FOLDERS:
+            shutil.rmtree(repo / folder)
+            shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        previous = json.loads((args.out / "segmenters.json").read_text()) if (args.out / "segmenters.json").is_file() else {}
+        stages, seconds = previous.get("stages", []), previous.get("seconds", float("nan"))
+        run_checked([sys.executable, "stages/evaluate_segmenters.py"], repo,
+                    {**env, "PYTHONPATH": str(repo / "src"), "LIPSEG_PIPELINE_ID": "reevaluate"})
+    else:
+        repo, env = helen_scratch_repo(args.helen, args.workdir.resolve() if args.workdir else None, settings, "lipseg-seg-")
+        print(f"dvc repro evaluate_segmenters on {args.helen} (scratch repo {repo}) ...", flush=True)
+        stages, seconds = dvc_repro(repo, env, ("evaluate_segmenters",))
     metrics = json.loads((repo / "metrics_segmenters.json").read_text())
     crops = json.loads((repo / "data/segment_crops/manifest.json").read_text())
 

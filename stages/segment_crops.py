@@ -47,7 +47,7 @@ def main() -> None:
             parts, parts_rejects = list_records(str(source["format"]), Path(source["path"]), source.get("split"))
             extra = make_parts_crops(parts, table, geometry, spread, jitter, seed=seed + 2 + index, desc=f"{source['format']} crops")
             train = merge_crops(train, extra)
-            rejects += parts_rejects + extra.rejects
+            rejects += parts_rejects  # extra.rejects travel inside train (merge_crops)
             extra_counts[f"{source['format']}:{source['path']}"] = {"images": int((extra.copy_index == 0).sum()), "crops": len(extra)}
         rejects += train.rejects + val.rejects
         for reject in rejects:

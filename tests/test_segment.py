@@ -97,12 +97,11 @@ def test_loss_is_small_for_right_logits_and_ignores_ignore_pixels() -> None:
     assert segmentation_loss(right, labels, weights) < 0.05 < segmentation_loss(wrong, labels, weights)
     ignored = labels.clone()
     ignored[:, :4] = 255
-    changed = ignored.clone()
     logits = torch.randn(2, 4, 16, 16)
-    changed[:, :4] = 255
     logits_changed = logits.clone()
     logits_changed[:, :, :4] = torch.randn(2, 4, 4, 16)  # predictions on ignored pixels do not matter
-    assert torch.isclose(segmentation_loss(logits, ignored, weights), segmentation_loss(logits_changed, changed, weights))
+    assert torch.isclose(segmentation_loss(logits, ignored, weights), segmentation_loss(logits_changed, ignored, weights))
+    assert not torch.isclose(segmentation_loss(logits, labels, weights), segmentation_loss(logits_changed, labels, weights))
 
 
 def test_training_learns_resumes_and_the_folder_round_trips(records: list, tmp_path: Path) -> None:
@@ -118,8 +117,18 @@ def test_training_learns_resumes_and_the_folder_round_trips(records: list, tmp_p
     result = fit_segmenter(model, train, val, config, checkpoint_path=checkpoint, progress=False)
     assert len(result.history) == 6 and result.best_val_f1_lips == max(r.val_f1_lips for r in result.history)
     assert result.history[-1].train_loss < result.history[0].train_loss
-    again = fit_segmenter(SegmenterNet(model.config), train, val, config, checkpoint_path=checkpoint, progress=False)
+    torch.manual_seed(0)  # the same starting weights: the finished checkpoint is taken as it is
+    same_start = SegmenterNet(model.config)
+    same_start.set_normalisation(*channel_normalisation(train.images))
+    again = fit_segmenter(same_start, train, val, config, checkpoint_path=checkpoint, progress=False)
     assert again.resumed_from_epoch == 6 and len(again.history) == 6  # finished: nothing retrained
+    # Other crops of the same shape must not resume that checkpoint (the digest covers the contents).
+    torch.manual_seed(0)
+    other_start = SegmenterNet(model.config)
+    other_start.set_normalisation(*channel_normalisation(train.images))
+    flipped = SegmentCrops(train.images[:, :, ::-1].copy(), train.masks[:, :, ::-1].copy(), train.names, train.copy_index)
+    fresh_fit = fit_segmenter(other_start, flipped, val, config, checkpoint_path=checkpoint, progress=False)
+    assert fresh_fit.resumed_from_epoch == 0 and len(fresh_fit.history) == 6
 
     folder = tmp_path / "unet"
     save_segmenter_folder(folder, model, geometry, extra={"train_minutes": 0.1})

@@ -142,6 +142,8 @@ def resolve_segmenter(mask_source: str, spec: str | None, flip_average: bool, th
             best = json.loads(best_file.read_text(encoding="utf-8"))
             if best.get("beats_landmarks") or mask_source == "segmenter":
                 folder = project / best["folder"]
+    if spec and not folder.is_dir():
+        raise CliError(f"--segmenter {spec}: no such folder")
     if folder is None or not folder.is_dir():
         if mask_source == "auto":
             return None

@@ -101,7 +101,7 @@ def helen_scratch_repo(helen: Path, workdir: Path | None, settings: list[str], p
 
     if not (helen / "annotation").is_dir():
         raise SystemExit(f"Helen-layout folder not found: {helen}")
-    repo = (workdir or Path(tempfile.mkdtemp(prefix=prefix))) / "repo"
+    repo = (workdir or Path(tempfile.mkdtemp(prefix=prefix))).resolve() / "repo"  # commands run inside it
     if repo.exists():
         shutil.rmtree(repo)
     overrides = deep_update({"data": {"source": "helen", "helen_path": str(helen.resolve())}}, parse_overrides(settings))

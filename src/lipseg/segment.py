@@ -32,7 +32,7 @@ from lipseg.landmarks import HELEN_LIPS
 from lipseg.masks import BACKGROUND, label_mask_from_lips
 from lipseg.metrics import PixelCounts, pick_face
 from lipseg.segmenters import SegmenterConfig, build_segmenter, parameter_count
-from lipseg.train import _save_checkpoint, fingerprint, resolve_device
+from lipseg.train import _save_checkpoint, content_digest, fingerprint, resolve_device
 
 NUM_CLASSES = 4  # 0 background, 1 upper lip, 2 inner mouth, 3 lower lip (EVALUATION.md)
 SCHEMA = "lipseg-segmenter/1"
@@ -361,14 +361,17 @@ def fit_segmenter(model: SegmenterNet, train: SegmentCrops, val: SegmentCrops, c
     result = SegmentFitResult()
     best_state = copy.deepcopy(model.state_dict())
     bad_epochs, start_epoch = 0, 1
-    tag = fingerprint(run_fingerprint, asdict(config), train.images.shape, val.images.shape)
+    tag = fingerprint(run_fingerprint, asdict(config), device.type,
+                      content_digest(train.images, train.masks, val.images, val.masks, *model.state_dict().values()))
     if checkpoint_path is not None and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        # On the CPU first: the shuffler's state must stay a CPU tensor; load_state_dict moves the rest.
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") == tag:
             model.load_state_dict(state["model"])
             optimiser.load_state_dict(state["optimiser"])
             scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
+            if state["scaler"]:  # empty when the run was on a CPU (the scaler was off)
+                scaler.load_state_dict(state["scaler"])
             shuffler.set_state(state["shuffler"])
             best_state, bad_epochs, start_epoch = state["best_state"], state["bad_epochs"], state["epoch"] + 1
             result.history = [SegmentEpoch(**record) for record in state["history"]]
@@ -592,6 +595,49 @@ class MaskScores:
         out["images"] = self.counts.n_images
         out["ms_per_face"] = float(np.median(self.milliseconds)) if self.milliseconds else None
         return out
+
+
+LANDMARKS = "tcnn landmarks"  # the mask source that fills the TCNN's polygons
+
+
+def compare_mask_sources(records: list[Record], predictor, runners: dict[str, SegmenterRunner], prediction_dir: Path | None = None,
+                         figure_names: frozenset[str] = frozenset(), desc: str = "mask sources",
+                         progress: bool = True) -> tuple[dict[str, MaskScores], dict[str, list[np.ndarray]], int]:
+    """Every mask source on the same faces: `predictor` (a LipPredictor) finds the faces and their TCNN
+    lips, then the landmark polygons and each segmenter label the face nearest the annotated mouth
+    (lipeval's choice for JSON predictions; a PNG has no faces, or the other faces would count as false
+    positives). Returns the scores, mouth close-ups for `figure_names` (ground truth first) and the
+    number of photos without a face; with `prediction_dir`, writes <dir>/<source>/<name>.png for lipeval."""
+    from lipseg.io import write_png_atomic
+    from lipseg.masks import crop_around, overlay
+
+    scores = {name: MaskScores() for name in [LANDMARKS, *runners]}
+    tiles: dict[str, list[np.ndarray]] = {name: [] for name in ["ground truth", *scores]}
+    no_face = 0
+    for record, image in _decoded(records, [], desc, progress):
+        height, width = image.shape[:2]
+        gt_lips = record.points[HELEN_LIPS]
+        truth = label_mask_from_lips(gt_lips, height, width)
+        faces = [face.lips for face in predictor.predict(image).faces]
+        no_face += not faces
+        chosen = [pick_face(faces, gt_lips)] if faces else []
+        for name, mask_scores in scores.items():
+            started = time.perf_counter()
+            if name == LANDMARKS:
+                mask = label_mask_from_lips(chosen[0], height, width) if chosen else np.zeros((height, width), np.uint8)
+            else:
+                mask = runners[name].label_mask(image, chosen)
+            if chosen:
+                mask_scores.milliseconds.append((time.perf_counter() - started) * 1000)
+            mask_scores.add(mask, truth, gt_lips)
+            if prediction_dir is not None:
+                write_png_atomic(prediction_dir / name.replace(" ", "_") / f"{record.name}.png", mask)
+            if record.name in figure_names:
+                points = chosen[0] if chosen and name == LANDMARKS else None
+                tiles[name].append(crop_around(overlay(image, mask, points), gt_lips, 0.35)[0])
+        if record.name in figure_names:
+            tiles["ground truth"].append(crop_around(overlay(image, truth, gt_lips), gt_lips, 0.35)[0])
+    return scores, tiles, no_face
 
 
 def comparison_table(summaries: dict[str, dict]) -> str:

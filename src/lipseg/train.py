@@ -83,6 +83,17 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def content_digest(*arrays: np.ndarray | torch.Tensor) -> str:
+    """sha256 of the arrays' bytes: a checkpoint is resumed only for the very data and starting weights
+    it was made from (new crops of the same shape, or a new base model under the heads, start afresh)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        data = array.detach().cpu().contiguous().numpy() if isinstance(array, torch.Tensor) else np.ascontiguousarray(array)
+        digest.update(str((data.dtype, data.shape)).encode())
+        digest.update(data.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -149,10 +160,12 @@ def fit(
     result = FitResult()
     best_state = copy.deepcopy(module.state_dict())
     bad_epochs, start_epoch = 0, 1
-    tag = fingerprint(run_fingerprint, asdict(config), tuple(train_inputs.shape), tuple(val_inputs.shape))
+    tag = fingerprint(run_fingerprint, asdict(config), device.type,
+                      content_digest(train_inputs, train_targets, val_inputs, val_targets, *module.state_dict().values()))
 
     if checkpoint_path is not None and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        # On the CPU first: the shuffler's state must stay a CPU tensor; load_state_dict moves the rest.
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") == tag:
             module.load_state_dict(state["module"])
             optimiser.load_state_dict(state["optimiser"])
