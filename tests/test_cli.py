@@ -192,4 +192,6 @@ def test_mask_source_auto_follows_the_measured_best_and_segmenter_needs_a_model(
     assert resolve_segmenter("auto", None, False, 0).folder == project / "models/segmenters/unet"
     assert main(["predict", str(photo_folder), "--out", str(tmp_path / "o"), "--model", str(tiny_model_folder),
                  "--mask-source", "segmenter", "--segmenter", str(tmp_path / "missing")]) == 2
-    assert "no segmenter found" in capsys.readouterr().err
+    assert "missing: no such folder" in capsys.readouterr().err
+    with pytest.raises(CliError, match="no such folder"):  # a named folder is never silently replaced by the polygons
+        resolve_segmenter("auto", str(tmp_path / "missing"), False, 0)
