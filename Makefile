@@ -17,9 +17,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
 	touch $@
 
-run: install  ## the main job: dvc repro on params.yaml (synthetic data by default), then a metrics table
+run: install  ## the main job: dvc repro on params.yaml (synthetic data by default), then the metrics tables
 	$(BIN)/dvc repro
 	$(BIN)/python -m lipseg.evaluation metrics.json
+	@echo "mask sources end to end on the test photos (reports/evaluate_segmenters/comparison.md):"
+	@cat reports/evaluate_segmenters/comparison.md
 
 test: install  ## unit tests + the tiny end-to-end pipeline test
 	$(BIN)/python -m pytest
@@ -31,4 +33,4 @@ ui: install  ## the MLflow UI on http://127.0.0.1:5000 (loopback only)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
-	rm -rf data/raw data/crops data/features models checkpoints reports metrics.json
+	rm -rf data/raw data/crops data/features data/segment_crops models checkpoints reports metrics.json metrics_segmenters.json
