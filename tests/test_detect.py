@@ -47,3 +47,22 @@ def test_cnn_detector_on_a_real_photo(helen_dir: Path) -> None:
     image = cv2.imread(str(helen_dir / "images" / f"{name}.jpg"))
     faces = FaceDetector("cnn", upsample=0)(image)
     assert faces and faces[0].width > 20
+
+
+def test_hog_plus_cnn_asks_the_cnn_only_where_hog_found_nothing(synthetic_dir: Path) -> None:
+    record = load_split(synthetic_dir, "test")[0][0]
+    image = cv2.resize(cv2.imread(str(record.image_path)), (320, 320), interpolation=cv2.INTER_CUBIC)
+    detector = FaceDetector("hog+cnn")
+    hog_faces = FaceDetector("hog")(image)
+    assert hog_faces and [face.box.tolist() for face in detector(image)] == [face.box.tolist() for face in hog_faces]
+    assert detector.fallbacks == 0
+    assert detector(np.zeros((120, 160, 3), np.uint8)) == [] and detector.fallbacks == 1
+
+
+@pytest.mark.helen
+def test_hog_plus_cnn_finds_a_turned_face_hog_misses(helen_dir: Path) -> None:
+    image = cv2.imread(str(helen_dir / "images" / "3048153244_1.jpg"))  # a Helen test photo where HOG finds no face
+    assert FaceDetector("hog")(image) == []
+    detector = FaceDetector("hog+cnn")
+    faces = detector(image)
+    assert len(faces) == 1 and detector.fallbacks == 1 and faces[0].width > 80
