@@ -129,7 +129,7 @@ def resolve_segmenter(mask_source: str, spec: str | None, flip_average: bool, th
     """--mask-source/--segmenter -> a SegmenterRunner, or None for the landmark polygons.
 
     `auto` takes the segmenter that evaluate_segmenters found best (models/segmenters/best.json) when it
-    beat the landmark polygons on the test photos and its folder is here; otherwise the polygons."""
+    beat the landmark polygons on the validation photos and its folder is here; otherwise the polygons."""
     if mask_source == "landmarks":
         return None
     from lipseg.segment import SegmenterFolderError, SegmenterRunner
