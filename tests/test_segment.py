@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from lipseg.crop import CropGeometry, apply_affine, image_to_crop_transform
+from lipseg.crop import CropGeometry, apply_affine, crop_pixel_transform, image_to_crop_transform
 from lipseg.datasets.helen import load_split
 from lipseg.landmarks import HELEN_LIPS
 from lipseg.masks import label_mask_from_lips
 from lipseg.metrics import PixelCounts
 from lipseg.segment import (
     LocatorSpread, LossWeights, SegmentCrops, SegmenterFolderError, SegmenterNet, SegmenterRunner, SegmentFitConfig, SegmentJitter,
-    channel_normalisation, crop_pixel_transform, fit_segmenter, load_pretrained, load_segmenter_folder, make_parts_crops, make_segment_crops,
+    channel_normalisation, fit_segmenter, load_pretrained, load_segmenter_folder, make_parts_crops, make_segment_crops,
     paste_probabilities, save_segmenter_folder, segmentation_loss,
 )
 from lipseg.segmenters import SegmenterConfig

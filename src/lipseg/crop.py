@@ -66,10 +66,17 @@ def crop_to_image(points_in_crop: np.ndarray, image_to_crop: np.ndarray) -> np.n
     return apply_affine(invert_affine(image_to_crop), points_in_crop)
 
 
+def crop_pixel_transform(image_to_crop: np.ndarray, size: int) -> np.ndarray:
+    """(2, 3) image pixels -> crop pixels of a `size` crop, integer coordinates at pixel centres on both
+    sides: normalised 0 is the crop's central pixel-centre position."""
+    pixel = np.asarray(image_to_crop, np.float64) * size
+    pixel[:, 2] += (size - 1) / 2.0
+    return pixel
+
+
 def warp_crop(image: np.ndarray, image_to_crop: np.ndarray, size: int) -> np.ndarray:
     """Cut the crop out of `image`, area-averaging first when shrinking so small crops do not alias."""
-    pixel = np.asarray(image_to_crop, np.float64) * size
-    pixel[:, 2] += (size - 1) / 2.0  # normalised 0 is the crop's central pixel-centre position
+    pixel = crop_pixel_transform(image_to_crop, size)
     scale = math.sqrt(abs(np.linalg.det(pixel[:, :2])))
     if scale < 0.75:
         # Shrink only the region the crop needs, with INTER_AREA, then warp with a residual scale ~1.
@@ -140,7 +147,7 @@ def _jittered_transform(
     return image_to_crop_transform(centre + shift, side, angle, flip), flip
 
 
-def _jitter_brightness(crop: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+def jitter_brightness(crop: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
     contrast = 1.0 + rng.uniform(-amount, amount)
     brightness = rng.uniform(-amount, amount) * 128.0
     return np.clip(crop.astype(np.float32) * contrast + brightness, 0, 255).astype(np.uint8)
@@ -196,7 +203,7 @@ def make_crops(
                 transform, flip = _jittered_transform(centre, side, augmentation, rng)
             crop = warp_crop(image, transform, geometry.size)
             if copy > 0 and augmentation.brightness > 0:
-                crop = _jitter_brightness(crop, augmentation.brightness, rng)
+                crop = jitter_brightness(crop, augmentation.brightness, rng)
             lips_in_crop = apply_affine(transform, canonical)
             if flip:
                 # The transform already mirrored x; reversing each contour block restores the order.

@@ -24,13 +24,16 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from lipseg.crop import CropGeometry, apply_affine, image_to_crop_transform, read_image, warp_crop
+from lipseg.crop import (
+    CropGeometry, apply_affine, crop_pixel_transform, image_to_crop_transform, jitter_brightness, read_image, warp_crop,
+)
 from lipseg.datasets.faceparts import IGNORE, PartsRecord, read_label_mask  # IGNORE: never scored, never trained on
 from lipseg.datasets.helen import Record, Reject
 from lipseg.io import write_json_atomic
 from lipseg.landmarks import HELEN_LIPS
 from lipseg.masks import BACKGROUND, label_mask_from_lips
 from lipseg.metrics import PixelCounts, pick_face
+from lipseg.model import images_to_tensor
 from lipseg.segmenters import SegmenterConfig, build_segmenter, parameter_count
 from lipseg.train import _save_checkpoint, content_digest, fingerprint, resolve_device
 
@@ -100,14 +103,6 @@ class SegmentCrops:
         return len(self.images)
 
 
-def crop_pixel_transform(image_to_crop: np.ndarray, size: int) -> np.ndarray:
-    """(2, 3) image pixels -> crop pixels, with integer coordinates at pixel centres on both sides
-    (warp_crop's convention: normalised 0 is the crop's central pixel-centre position)."""
-    pixel = np.asarray(image_to_crop, np.float64) * size
-    pixel[:, 2] += (size - 1) / 2.0
-    return pixel
-
-
 def jittered_box(centre: np.ndarray, side: float, spread: LocatorSpread, jitter: SegmentJitter,
                  rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
     """A box drawn from the locator's measured error distribution (normal, with floors): centre, side, angle."""
@@ -131,9 +126,7 @@ def _crop_copies(image: np.ndarray, centre: np.ndarray, side: float, size: int, 
             transform = image_to_crop_transform(*jittered_box(centre, side, spread, jitter, rng))
         crop = warp_crop(image, transform, size)
         if copy_index > 0 and jitter.brightness > 0:
-            contrast = 1.0 + rng.uniform(-jitter.brightness, jitter.brightness)
-            shift = rng.uniform(-jitter.brightness, jitter.brightness) * 128.0
-            crop = np.clip(crop.astype(np.float32) * contrast + shift, 0, 255).astype(np.uint8)
+            crop = jitter_brightness(crop, jitter.brightness, rng)
         out.append((crop, mask_for(crop_pixel_transform(transform, size))))
     return out
 
@@ -200,10 +193,7 @@ def locate_lips(predictor, records: list[Record], progress: bool = True) -> dict
     """The lips `predictor` (a LipPredictor) finds for each record's annotated face, by name; a photo
     where no found face lies within a mouth width of the annotated mouth is left out."""
     located = {}
-    for record in tqdm(records, desc="locate lips", unit="img", disable=not progress, leave=False):
-        image = read_image(record.image_path)
-        if image is None:
-            continue
+    for record, image in _decoded(records, [], "locate lips", progress):
         faces = [face.lips for face in predictor.predict(image).faces]
         if not faces:
             continue
@@ -237,11 +227,6 @@ class SegmenterNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network((images - self.mean) / self.std)  # (B, 4, S, S)
-
-
-def crops_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 in [0, 255]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
 
 
 def channel_normalisation(images: np.ndarray, min_std: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -332,7 +317,7 @@ def _validate(model: SegmenterNet, images: np.ndarray, masks: np.ndarray, config
     model.eval()
     counts, loss_sum = PixelCounts(), 0.0
     for start in range(0, len(images), 128):
-        batch = crops_to_tensor(images[start : start + 128]).to(device)
+        batch = images_to_tensor(images[start : start + 128]).to(device)
         labels = torch.from_numpy(masks[start : start + 128]).to(device)
         logits = model(batch)
         loss_sum += float(segmentation_loss(logits, labels, config.loss)) * len(batch)
@@ -380,7 +365,7 @@ def fit_segmenter(model: SegmenterNet, train: SegmentCrops, val: SegmentCrops, c
             if state["finished"]:
                 start_epoch = config.max_epochs + 1
     pin = device.type == "cuda"
-    train_images, train_masks = crops_to_tensor(train.images), torch.from_numpy(train.masks)
+    train_images, train_masks = images_to_tensor(train.images), torch.from_numpy(train.masks)
     epochs = tqdm(range(start_epoch, config.max_epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in epochs:
         started = time.perf_counter()
@@ -498,7 +483,7 @@ def crop_probabilities(model: SegmenterNet, crops: np.ndarray, flip_average: boo
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(crops), batch_size):
-        batch = crops_to_tensor(crops[start : start + batch_size]).to(device)
+        batch = images_to_tensor(crops[start : start + batch_size]).to(device)
         probabilities = model(batch).softmax(dim=1)
         if flip_average:
             probabilities = (probabilities + model(batch.flip(dims=[3])).softmax(dim=1).flip(dims=[3])) / 2
