@@ -484,3 +484,88 @@ def test_assemble_detects_annotation_by_content_and_errors(tmp_path):
     with pytest.raises(LayoutError, match="refusing"):
         assemble_helen_layout([src], tmp_path / "precious")
     assert (tmp_path / "precious" / "thesis.tex").exists()
+
+
+# ------------------------------------------------------------- whole releases served over HTTP, attacked
+
+
+def _served_release(state: _State, base: str, archive_name: str, archive: bytes) -> list[RemoteFile]:
+    """A release of one archive plus the two name lists, each pinned by the sha256 of what is served."""
+    state.files.update({f"/{archive_name}": archive, "/trainnames.txt": b"100032540_1\n", "/testnames.txt": b"100040721_1\n"})
+    return [RemoteFile(f"{base}{path}", sha(state.files[path])) for path in (f"/{archive_name}", "/trainnames.txt", "/testnames.txt")]
+
+
+def _good_helen_zip() -> bytes:
+    return _zip_bytes({"helen/100032540_1.jpg": _jpeg(1), "helen/100040721_1.jpg": _jpeg(2),
+                       "helen/annotation/1.txt": _annotation("100032540_1", 1), "helen/annotation/2.txt": _annotation("100040721_1", 2)})
+
+
+def _nothing_assembled(out: Path, cache: Path) -> bool:
+    extracted = cache / "extracted"
+    return not out.exists() and (not extracted.exists() or not any(extracted.iterdir()))
+
+
+def test_served_release_cut_mid_transfer_resumes_and_assembles(server, tmp_path):
+    base, state = server
+    files = _served_release(state, base, "helen.zip", _good_helen_zip())
+    state.plans["/helen.zip"] = ["cut"]
+    counts = fetch_dataset(files, tmp_path / "out", tmp_path / "cache", **FAST)
+    assert counts["images"] == 2 and counts["annotations"] == 2
+    ranges = [rng for path, rng in state.requests if path == "/helen.zip"]
+    assert ranges[0] is None and ranges[1].startswith("bytes=")  # the second request resumed
+
+
+def test_served_release_corrupted_in_transit_is_never_used(server, tmp_path):
+    base, state = server
+    good = _good_helen_zip()
+    files = _served_release(state, base, "helen.zip", good)
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0xFF  # one byte flipped on the way: the pinned sha256 no longer matches
+    state.files["/helen.zip"] = bytes(flipped)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        fetch_dataset(files, out, cache, **FAST)
+    assert _nothing_assembled(out, cache)
+    assert not (cache / "helen.zip").exists() and not list(cache.glob("*.part"))
+
+
+@pytest.mark.parametrize("archive_name, damage", [
+    ("helen.tar.gz", lambda data: data[: len(data) // 2]),  # published truncated
+    ("helen.zip", lambda data: data[:60] + bytes(b ^ 0x5A for b in data[60:200]) + data[200:]),  # deflate stream garbled
+])
+def test_served_corrupt_archive_with_matching_sha_fails_cleanly(server, tmp_path, archive_name, damage):
+    base, state = server
+    members = [("helen/100032540_1.jpg", _jpeg(1) * 50), ("helen/annotation/1.txt", _annotation("100032540_1", 1))]
+    good = _tar_bytes(members) if archive_name.endswith(".tar.gz") else _zip_bytes(dict(members))
+    files = _served_release(state, base, archive_name, damage(good))  # the publisher's sha256 is of the broken file
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    with pytest.raises(DownloadError, match="corrupt or unreadable archive"):
+        fetch_dataset(files, out, cache, **FAST)
+    assert _nothing_assembled(out, cache)
+    assert not [p for p in cache.rglob("*") if ".extract-" in p.name]  # no half-extracted temp folder left
+
+
+@pytest.mark.parametrize("member", ["../../escaped.txt", "/tmp/lipseg-absolute-escape.txt", "helen/../../escaped.txt"])
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_served_malicious_member_path_is_refused(server, tmp_path, member, kind):
+    base, state = server
+    members = [("helen/100032540_1.jpg", _jpeg(1)), (member, b"pwned")]
+    archive = _zip_bytes(dict(members)) if kind == "zip" else _tar_bytes(members)
+    files = _served_release(state, base, f"helen.{kind}", archive)
+    work = tmp_path / "deep" / "work"
+    out, cache = work / "out", work / "cache"
+    with pytest.raises(UnsafeArchiveError):
+        fetch_dataset(files, out, cache, **FAST)
+    assert _nothing_assembled(out, cache)
+    assert not list(tmp_path.rglob("escaped.txt")) and not Path("/tmp/lipseg-absolute-escape.txt").exists()
+
+
+def test_served_symlink_member_is_refused(server, tmp_path):
+    base, state = server
+    link = tarfile.TarInfo("helen/annotation")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc"
+    files = _served_release(state, base, "helen.tar.gz", _tar_bytes([link, ("helen/annotation/passwd", b"x")]))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    with pytest.raises(UnsafeArchiveError, match="link"):
+        fetch_dataset(files, out, cache, **FAST)
+    assert _nothing_assembled(out, cache)

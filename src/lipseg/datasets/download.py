@@ -19,9 +19,11 @@ Only the standard library is used for HTTP (urllib), so there is no extra depend
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -34,6 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -488,7 +491,9 @@ def extract_archive(
                 extracted = _extract_zip(archive, tmp, max_total_bytes, max_members)
             else:
                 extracted = _extract_tar(archive, tmp, max_total_bytes, max_members)
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+        # A garbled deflate/gzip stream surfaces as zlib.error or gzip.BadGzipFile (an OSError), not as
+        # the archive module's own error.
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as e:
             raise DownloadError(f"corrupt or unreadable archive {archive}: {e}") from e
         if target_dir.exists() or target_dir.is_symlink():
             if target_dir.is_dir() and not target_dir.is_symlink():
