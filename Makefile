@@ -23,7 +23,8 @@ run: install  ## the main job: dvc repro on params.yaml (synthetic data by defau
 	@echo "mask sources end to end on the test photos (reports/evaluate_segmenters/comparison.md):"
 	@cat reports/evaluate_segmenters/comparison.md
 
-test: install  ## unit tests + the tiny end-to-end pipeline test
+test: install  ## unit tests + the tiny end-to-end pipeline test + the PostgreSQL-backed MLflow server test
+	.ci/ensure_postgres
 	$(BIN)/python -m pytest
 
 test-fast: install  ## everything but the slow end-to-end tests
