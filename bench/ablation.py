@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import predict as predict_bench  # noqa: E402
 import speed as speed_bench  # noqa: E402
 
-from lipseg.crop import CropSet, read_image, warp_crop  # noqa: E402
+from lipseg.crop import CropSet, warp_crop  # noqa: E402
+from lipseg.io import read_image  # noqa: E402
 from lipseg.datasets.helen import load_split  # noqa: E402
 from lipseg.devtools import dvc_repro, scratch_env, set_params  # noqa: E402
 from lipseg.evaluation import ground_truth_for, score, score_metrics  # noqa: E402

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lipseg.crop import read_image  # noqa: E402
+from lipseg.io import ImageError, read_image  # noqa: E402
 from lipseg.detect import DETECTORS, FaceDetector, ShapePredictor68, mouth_points, to_rgb  # noqa: E402
 from lipseg.masks import (  # noqa: E402
     crop_around,
@@ -107,8 +107,9 @@ def run_dlib(paths: list[Path], names: list[str], out_dir: Path, gt: dict[str, n
     mouths: dict[str, list[list[list[float]]]] = {}
     started = time.perf_counter()
     for name, path in zip(names, paths):
-        image = read_image(path)
-        if image is None:
+        try:
+            image = read_image(path)
+        except ImageError:
             unreadable.append(name)
             continue  # no PNG: lipeval counts it as missing
         height, width = image.shape[:2]
@@ -188,9 +189,9 @@ def overlay_rows(helen: Path, names: list[str], gt: dict[str, np.ndarray], ours_
     chosen = [names[int(i)] for i in np.linspace(0, len(names) - 1, min(count, len(names)))]
     tiles, captions = [], []
     for name in dict.fromkeys(chosen):
-        image = read_image(image_path(helen, name))
-        if image is None or name not in gt:
+        if name not in gt:
             continue
+        image = read_image(image_path(helen, name))
         height, width = image.shape[:2]
         truth = gt[name]
         ours_mask = cv2.imread(str(ours_dir / f"{name}.png"), cv2.IMREAD_UNCHANGED)

@@ -40,7 +40,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lipseg.crop import image_to_crop_transform, read_image, warp_crop  # noqa: E402
+from lipseg.crop import image_to_crop_transform, warp_crop  # noqa: E402
+from lipseg.io import read_image  # noqa: E402
 from lipseg.detect import FaceDetector, cached_detector, cached_shape_predictor, mouth_points, to_rgb  # noqa: E402
 from lipseg.masks import label_mask_from_faces  # noqa: E402
 from lipseg.predictor import LipPredictor, load_model_folder, predict_crops  # noqa: E402
@@ -112,9 +113,8 @@ def load_photos(helen: Path, count: int) -> list[tuple[str, np.ndarray]]:
     photos = []
     for name in names[:count]:
         path = next((helen / "images" / f"{name}{s}" for s in (".jpg", ".png", ".jpeg") if (helen / "images" / f"{name}{s}").is_file()), None)
-        image = read_image(path) if path is not None else None
-        if image is not None:
-            photos.append((name, letterbox(image)))
+        if path is not None:  # the Helen sample's photos all decode: a bad one is an error worth seeing
+            photos.append((name, letterbox(read_image(path))))
     return photos
 
 

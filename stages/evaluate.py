@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lipseg.crop import CropSet
@@ -56,7 +57,9 @@ def main() -> None:
                 write_prediction_files(staging / "pred_test" / label, test, model_score)
                 write_json_atomic(staging / f"report_{label}.json", model_score.summary)
             ced_curves(thresholds, curves, staging / "ced.png", "NME (inter-ocular)")
-            tiles, captions = overlay_tiles(test, records, scores, int(params["overlay_count"]))
+            # The crop stage's pixel limit (crop.max_pixels): these photos passed it there.
+            max_pixels = int(json.loads((CROPS_DIR / "manifest.json").read_text(encoding="utf-8"))["max_pixels"])
+            tiles, captions = overlay_tiles(test, records, scores, int(params["overlay_count"]), max_pixels)
             write_png_atomic(staging / "overlays.png", overlay_grid(tiles, columns=6, tile_size=160, captions=captions))
         for label in scores:
             run.log_metrics({f"{label}.{key}": value for key, value in metrics[label].items()}, to_parent=True)

@@ -55,7 +55,7 @@ def main() -> None:
         run.set_tags({"device": str(resolve_device(fit_config.device)), "arch": arch, "parameters": parameter_count(model.network),
                       "train_crops": len(train), "val_crops": len(val)})
         result = fit_segmenter(
-            model, train, val, fit_config, checkpoint_path=Path("checkpoints/train_segmenter") / arch / "last.pt",
+            model, train, val, fit_config, checkpoint_path=Path("checkpoints/train_segmenter") / arch / "last.safetensors",
             run_fingerprint=f"train_segmenter-{config.to_dict()}",  # the starting weights are in the fit's own digest
             on_epoch=lambda record: run.log_metrics({"train_loss": record.train_loss, "val_loss": record.val_loss,
                                                      "val_f1_lips": record.val_f1_lips, "lr": record.lr}, step=record.epoch),

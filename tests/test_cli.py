@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lipseg.cli import CliError, collect_inputs, main, safe_output
+from lipseg.cli import CliError, OutsideOutError, collect_inputs, main, safe_output
 from lipseg.datasets.helen import load_split
 
 
@@ -113,8 +113,27 @@ def test_inputs_are_collected_by_extension_with_unique_stems(tmp_path: Path) -> 
 
 def test_outputs_never_leave_the_out_folder(tmp_path: Path) -> None:
     assert safe_output(tmp_path, Path("sub/x"), ".json") == tmp_path / "sub" / "x.json"
-    with pytest.raises(CliError, match="outside --out"):
+    with pytest.raises(OutsideOutError, match="outside --out"):
         safe_output(tmp_path / "out", Path("../../escape"), ".json")
+
+
+def test_predict_never_writes_outside_out_even_through_a_planted_symlink(photo_folder: Path, tmp_path: Path, tiny_model_folder: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """An --out folder whose `nested` entry is a symlink to elsewhere (left by someone, or planted): the
+    photo that would land there is refused by name, the others are written, nothing appears outside."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "nested").symlink_to(elsewhere, target_is_directory=True)
+    (photo_folder / "broken.jpg").unlink()
+    before = sorted(path.name for path in tmp_path.iterdir())
+    code = main(["predict", str(photo_folder), "--out", str(out), "--model", str(tiny_model_folder), "--quiet"])
+    assert code == 1
+    assert "outside --out" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == before  # nothing new beside --out either
+    assert len([path for path in out.glob("*.json")]) == 3  # the top-level photos were still processed
 
 
 def test_help_texts(capsys: pytest.CaptureFixture) -> None:

@@ -84,7 +84,8 @@ def test_unreadable_image_is_rejected_not_dropped(tmp_path: Path, synthetic_dir:
     crops = make_crops([records[0], bad, far], CropGeometry(), None, progress=False)
     assert len(crops) == 1
     assert {(r.name, r.reason) for r in crops.rejects} == {
-        ("broken", "image cannot be decoded"), ("far", "lip points lie outside the image")}
+        ("broken", "image cannot be decoded: unrecognised format (expected JPEG, PNG, BMP, GIF, TIFF, WebP or PNM)"),
+        ("far", "lip points lie outside the image")}
 
 
 def test_split_is_deterministic_and_disjoint(synthetic_dir: Path) -> None:

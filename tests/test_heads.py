@@ -57,7 +57,7 @@ def test_each_cluster_gets_its_own_head(tmp_path: Path) -> None:
     with torch.no_grad():
         _, clusters = tweaked.forward_with_clusters(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float())
     np.testing.assert_array_equal(clusters.numpy(), assign(mixture, features))
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["head_0.pt", "head_1.pt", "head_2.pt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["head_0.safetensors", "head_1.safetensors", "head_2.safetensors"]
 
 
 def test_small_clusters_fall_back_to_the_base_head() -> None:

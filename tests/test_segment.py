@@ -113,7 +113,7 @@ def test_training_learns_resumes_and_the_folder_round_trips(records: list, tmp_p
     model = SegmenterNet(SegmenterConfig(arch="unet", input_size=32, width=8, depth=3))
     model.set_normalisation(*channel_normalisation(train.images))
     config = SegmentFitConfig(lr=5e-3, batch_size=16, max_epochs=6, patience=6, device="cpu")
-    checkpoint = tmp_path / "last.pt"
+    checkpoint = tmp_path / "last.safetensors"
     result = fit_segmenter(model, train, val, config, checkpoint_path=checkpoint, progress=False)
     assert len(result.history) == 6 and result.best_val_f1_lips == max(r.val_f1_lips for r in result.history)
     assert result.history[-1].train_loss < result.history[0].train_loss

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
         if record.epoch == 4:
             raise Killed
 
-    checkpoint = tmp_path / "last.pt"
+    checkpoint = tmp_path / "last.safetensors"
     interrupted = make_model()
     with pytest.raises(Killed):
         fit(interrupted, images[:64], targets[:64], images[64:], targets[64:], config, checkpoint, on_epoch=kill_at_epoch_4, progress=False)
@@ -65,10 +66,28 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
 
 def test_a_checkpoint_from_other_settings_is_not_resumed(tmp_path: Path) -> None:
     images, targets = toy_problem()
-    checkpoint = tmp_path / "last.pt"
+    checkpoint = tmp_path / "last.safetensors"
     fit(make_model(), images[:64], targets[:64], images[64:], targets[64:], FitConfig(max_epochs=2), checkpoint, progress=False)
     result = fit(make_model(), images[:64], targets[:64], images[64:], targets[64:], FitConfig(max_epochs=3, lr=5e-4), checkpoint, progress=False)
     assert result.resumed_from_epoch == 0 and len(result.history) == 3
+
+
+def test_dataloader_workers_and_amp_on_the_cpu_change_nothing(tmp_path: Path) -> None:
+    images, targets = toy_problem()
+    config = FitConfig(lr=3e-3, batch_size=16, max_epochs=3, patience=3)
+    reference = make_model()
+    fit(reference, images[:64], targets[:64], images[64:], targets[64:], config, progress=False)
+    checkpoint = tmp_path / "last.safetensors"
+    with_workers = make_model()
+    global_rng = torch.get_rng_state()
+    # Workers only gather the batches the seeded shuffler chose; amp is CUDA-only and ignored here.
+    fit(with_workers, images[:64], targets[:64], images[64:], targets[64:], replace(config, num_workers=2, amp=True), checkpoint, progress=False)
+    assert torch.equal(torch.get_rng_state(), global_rng), "the DataLoader drew from the global RNG"
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(with_workers.state_dict()[key], value, rtol=0, atol=0)
+    # Same weights, so the checkpoint stays valid without workers (num_workers is not in its fingerprint).
+    resumed = fit(make_model(), images[:64], targets[:64], images[64:], targets[64:], replace(config, amp=True), checkpoint, progress=False)
+    assert resumed.resumed_from_epoch == 3
 
 
 def test_device_resolution() -> None:

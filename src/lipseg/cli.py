@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lipseg.io import DEFAULT_MAX_PIXELS
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 DEFAULT_MODEL = Path("models/tcnn")
@@ -20,6 +22,11 @@ BEST_SEGMENTER = Path("models/segmenters/best.json")  # written by the evaluate_
 
 class CliError(Exception):
     """A problem the user can fix; printed without a traceback."""
+
+
+class OutsideOutError(ValueError):
+    """An output path that would leave --out (a `..` stem, or a symlink inside --out pointing away).
+    A ValueError, so it fails that one input and the others are still processed."""
 
 
 @dataclass
@@ -120,7 +127,7 @@ def safe_output(out_dir: Path, stem: Path, suffix: str) -> Path:
     target = (out_dir / stem).with_name(stem.name + suffix)
     resolved_out = out_dir.resolve()
     if not target.resolve().is_relative_to(resolved_out):
-        raise CliError(f"refusing to write outside --out: {target}")
+        raise OutsideOutError(f"refusing to write outside --out: {target} resolves to {target.resolve()}")
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
 
@@ -175,14 +182,12 @@ def annotate(image: np.ndarray, result, mask: np.ndarray) -> np.ndarray:
     return overlay(image, mask, [face.lips for face in result.faces])
 
 
-def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool, summary: Summary, segmenter=None) -> None:
-    from lipseg.crop import read_image
-    from lipseg.io import write_png_atomic, write_text_atomic
+def predict_image_file(item: InputFile, predictor, out_dir: Path, overlay: bool, summary: Summary, segmenter=None,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    from lipseg.io import read_image, write_png_atomic, write_text_atomic
 
     started = time.perf_counter()
-    image = read_image(item.path)
-    if image is None:
-        raise OSError("not a readable image (empty, truncated or unsupported format)")
+    image = read_image(item.path, max_pixels)  # ImageError (a ValueError) names what is wrong with the file
     result = predictor.predict(image)
     mask_started = time.perf_counter()
     mask = face_mask(result, image, segmenter)
@@ -273,7 +278,7 @@ def run_predict(args: argparse.Namespace) -> int:
             if item.kind == "video":
                 predict_video_file(item, predictor, out_dir, args, summary, segmenter)
             else:
-                predict_image_file(item, predictor, out_dir, not args.no_overlay, summary, segmenter)
+                predict_image_file(item, predictor, out_dir, not args.no_overlay, summary, segmenter, args.max_pixels)
         except (OSError, ValueError) as error:
             summary.failed.append((str(item.path), str(error)))
             print(f"lipseg: error: {item.path}: {error}", file=sys.stderr)
@@ -292,6 +297,13 @@ def run_export(args: argparse.Namespace) -> int:
     for name, size in summary["bytes"].items():
         print(f"lipseg: wrote {Path(args.out) / name} ({size / 1024:.0f} KiB)")
     return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "validation photos for twice the segmenter time (default: off)")
     predict.add_argument("--no-overlay", action="store_true", help="skip the *_overlay.jpg files")
     predict.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    predict.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                         help="refuse an image whose header declares more than N pixels (width x height), before "
+                              f"decoding it: a guard against decompression bombs (default: {DEFAULT_MAX_PIXELS})")
     video = predict.add_argument_group("video")
     video.add_argument("--redetect-every", type=int, default=10, metavar="N",
                        help="run dlib every N frames; between, re-crop on the previous lips (default: 10)")

@@ -11,14 +11,16 @@ spanning [-0.5, 0.5) on both axes; pixel centres are at integer image coordinate
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from lipseg.datasets.helen import Record, Reject
+from lipseg.io import DEFAULT_MAX_PIXELS, ImageError, read_image
 from lipseg.landmarks import HELEN_LIPS, OUTER, flip_permutation, inter_ocular, respace_lips
 
 
@@ -153,13 +155,30 @@ def jitter_brightness(crop: np.ndarray, amount: float, rng: np.random.Generator)
     return np.clip(crop.astype(np.float32) * contrast + brightness, 0, 255).astype(np.uint8)
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """BGR uint8 image, or None when the file cannot be decoded."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    return image
+LIPS_OUTSIDE = "lip points lie outside the image"
+
+
+def lips_outside_image(lips: np.ndarray, height: int, width: int) -> bool:
+    """True when annotated lips reach well beyond the image (10% of its size): a wrong annotation or the
+    wrong image, and a crop of it would be border padding."""
+    slack = 0.1 * max(height, width)
+    return bool((lips < -slack).any() or (lips[:, 0] > width + slack).any() or (lips[:, 1] > height + slack).any())
+
+
+def read_record_images(records: list, rejects: list[Reject], max_pixels: int = DEFAULT_MAX_PIXELS, desc: str = "read",
+                       progress: bool = True) -> Iterator[tuple[Any, np.ndarray]]:
+    """(record, BGR image) for each record whose image reads (lipseg.io.read_image, `max_pixels`) and,
+    for Helen records, whose lips lie in the image; every other record becomes a reject with the reason."""
+    for record in tqdm(records, desc=desc, unit="img", disable=not progress, leave=False):
+        try:
+            image = read_image(record.image_path, max_pixels)
+        except ImageError as error:
+            rejects.append(Reject(record.name, str(record.image_path), str(error)))
+            continue
+        if isinstance(record, Record) and lips_outside_image(record.points[HELEN_LIPS], *image.shape[:2]):
+            rejects.append(Reject(record.name, str(record.annotation_path), LIPS_OUTSIDE))
+            continue
+        yield record, image
 
 
 def make_crops(
@@ -170,26 +189,20 @@ def make_crops(
     desc: str = "crop",
     progress: bool = True,
     box_points: dict[str, np.ndarray] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> CropSet:
     """Crops for `records`: one unjittered crop each, plus `augmentation.copies` jittered ones.
 
     The crop box comes from the ground-truth lips, or from `box_points[name]` (e.g. a detector's mouth
     points) when given; a record missing from `box_points` is rejected, never silently GT-cropped.
+    Records whose image cannot be used are rejected with the reason (`read_record_images`).
     """
     rng = np.random.default_rng(seed)
     columns: dict[str, list] = {key: [] for key in CropSet.__dataclass_fields__ if key != "rejects"}
     rejects: list[Reject] = []
-    for record in tqdm(records, desc=desc, unit="img", disable=not progress, leave=False):
-        image = read_image(record.image_path)
-        if image is None:
-            rejects.append(Reject(record.name, str(record.image_path), "image cannot be decoded"))
-            continue
+    for record, image in read_record_images(records, rejects, max_pixels, desc, progress):
         height, width = image.shape[:2]
         raw_lips = record.points[HELEN_LIPS]
-        slack = 0.1 * max(height, width)
-        if (raw_lips < -slack).any() or (raw_lips[:, 0] > width + slack).any() or (raw_lips[:, 1] > height + slack).any():
-            rejects.append(Reject(record.name, str(record.annotation_path), "lip points lie outside the image"))
-            continue
         canonical = respace_lips(raw_lips)
         if box_points is not None and record.name not in box_points:
             rejects.append(Reject(record.name, str(record.image_path), "no face found by the detector"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lipseg.io import DEFAULT_MAX_PIXELS
 from lipseg.landmarks import IBUG_MOUTH
 
 SHAPE_68 = "shape_predictor_68_face_landmarks.dat"
@@ -162,18 +163,16 @@ def nearest_mouth(detections: list[MouthDetection], lip_points: np.ndarray) -> M
     return best if np.linalg.norm(best.mouth.mean(axis=0) - centre) <= max(width, 1.0) else None
 
 
-def detect_record_mouths(records: list, locator: DlibMouthLocator, desc: str = "dlib", progress: bool = True) -> dict[str, MouthDetection]:
-    """For annotated records: the dlib detection matching each record's ground-truth mouth (missing = none)."""
-    from tqdm import tqdm
+def detect_record_mouths(records: list, locator: DlibMouthLocator, desc: str = "dlib", progress: bool = True,
+                         max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, MouthDetection]:
+    """For annotated records: the dlib detection matching each record's ground-truth mouth (missing = none).
 
-    from lipseg.crop import read_image
+    Records whose image cannot be used are skipped: the crops of the same records report them."""
+    from lipseg.crop import read_record_images
     from lipseg.landmarks import HELEN_LIPS
 
     found = {}
-    for record in tqdm(records, desc=desc, unit="img", disable=not progress, leave=False):
-        image = read_image(record.image_path)
-        if image is None:
-            continue
+    for record, image in read_record_images(records, [], max_pixels, desc, progress):
         match = nearest_mouth(locator(image), record.points[HELEN_LIPS])
         if match is not None:
             found[record.name] = match

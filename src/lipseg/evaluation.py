@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from lipseg.crop import CropSet, crop_to_image, read_image
+from lipseg.crop import CropSet, crop_to_image
 from lipseg.datasets.helen import Record
-from lipseg.io import write_text_atomic
+from lipseg.io import DEFAULT_MAX_PIXELS, read_image, write_text_atomic
 from lipseg.landmarks import HELEN_LIPS, mouth_widths, respace_lips
 from lipseg.masks import crop_around, label_mask_from_lips, overlay
 from lipseg.metrics import GroundTruthFace, ced_curve, headline_metrics, nme, summarise
@@ -115,12 +115,14 @@ def ced_table(scores: dict[str, ModelScore], max_threshold: float, steps: int = 
     return thresholds, curves
 
 
-def overlay_tiles(crops: CropSet, records: dict[str, Record], scores: dict[str, ModelScore], count: int) -> tuple[list[np.ndarray], list[str]]:
-    """Mouth close-ups, one row per image: ground truth, then each model's mask and points."""
+def overlay_tiles(crops: CropSet, records: dict[str, Record], scores: dict[str, ModelScore], count: int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[np.ndarray], list[str]]:
+    """Mouth close-ups, one row per image: ground truth, then each model's mask and points (the photos
+    made crops, so they read: `max_pixels` must be the crop stage's)."""
     tiles, captions = [], []
     for index in range(min(count, len(crops))):
         name = str(crops.names[index])
-        image = read_image(records[name].image_path)
+        image = read_image(records[name].image_path, max_pixels)
         height, width = image.shape[:2]
         gt_lips = records[name].points[HELEN_LIPS]
         rows = [("ground truth", gt_lips)] + [(label, s.lips_image[index]) for label, s in scores.items()]

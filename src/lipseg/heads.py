@@ -127,7 +127,7 @@ def finetune_heads(
         )
         result = fit(
             head, train_trunk[train_index], train_targets[train_index], val_features, val_cluster_lips, fit_config,
-            checkpoint_path=checkpoint_dir / f"head_{cluster}.pt" if checkpoint_dir else None,
+            checkpoint_path=checkpoint_dir / f"head_{cluster}.safetensors" if checkpoint_dir else None,
             run_fingerprint=f"head-{cluster}-{len(train_index)}",
             desc=f"head {cluster}", progress=progress,
         )

@@ -12,10 +12,9 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -25,17 +24,18 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from lipseg.crop import (
-    CropGeometry, apply_affine, crop_pixel_transform, image_to_crop_transform, jitter_brightness, read_image, warp_crop,
+    CropGeometry, apply_affine, crop_pixel_transform, image_to_crop_transform, jitter_brightness, read_record_images, warp_crop,
 )
 from lipseg.datasets.faceparts import IGNORE, PartsRecord, read_label_mask  # IGNORE: never scored, never trained on
-from lipseg.datasets.helen import Record, Reject
-from lipseg.io import write_json_atomic
+from lipseg.datasets.helen import AnnotationError, Record, Reject
+from lipseg.io import DEFAULT_MAX_PIXELS, write_json_atomic
 from lipseg.landmarks import HELEN_LIPS
 from lipseg.masks import BACKGROUND, label_mask_from_lips
 from lipseg.metrics import PixelCounts, pick_face
 from lipseg.model import images_to_tensor
 from lipseg.segmenters import SegmenterConfig, build_segmenter, parameter_count
-from lipseg.train import _save_checkpoint, content_digest, fingerprint, resolve_device
+from lipseg.checkpoint import save_checkpoint
+from lipseg.train import content_digest, fingerprint, read_resumable_checkpoint, resolve_device
 
 NUM_CLASSES = 4  # 0 background, 1 upper lip, 2 inner mouth, 3 lower lip (EVALUATION.md)
 SCHEMA = "lipseg-segmenter/1"
@@ -141,24 +141,15 @@ def _collect(rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]], size: 
                         np.asarray([index for _, pairs in rows for index in range(len(pairs))], np.int32), rejects)
 
 
-def _decoded(records: list, rejects: list[Reject], desc: str, progress: bool) -> Iterator[tuple[Any, np.ndarray]]:
-    """(record, BGR image) for each record whose image decodes; the others become rejects."""
-    for record in tqdm(records, desc=desc, unit="img", disable=not progress, leave=False):
-        image = read_image(record.image_path)
-        if image is None:
-            rejects.append(Reject(record.name, str(record.image_path), "image cannot be decoded"))
-            continue
-        yield record, image
-
-
 def make_segment_crops(records: list[Record], geometry: CropGeometry, spread: LocatorSpread, jitter: SegmentJitter | None,
-                       seed: int = 0, desc: str = "segment crops", progress: bool = True) -> SegmentCrops:
+                       seed: int = 0, desc: str = "segment crops", progress: bool = True,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> SegmentCrops:
     """A plain crop per face (box from the ground-truth lips) plus `jitter.copies` crops with boxes drawn
     from the locator spread; label masks are the EVALUATION.md polygons drawn in crop pixels."""
     rng = np.random.default_rng(seed)
     rows, rejects = [], []
     size = geometry.size
-    for record, image in _decoded(records, rejects, desc, progress):
+    for record, image in read_record_images(records, rejects, max_pixels, desc, progress):
         lips = record.points[HELEN_LIPS]
         rows.append((record.name, _crop_copies(image, *geometry.box(lips), size, spread, jitter, rng,
                                                lambda pixel: label_mask_from_lips(apply_affine(pixel, lips), size, size))))
@@ -166,14 +157,19 @@ def make_segment_crops(records: list[Record], geometry: CropGeometry, spread: Lo
 
 
 def make_parts_crops(records: list[PartsRecord], class_table: dict[str, int], geometry: CropGeometry, spread: LocatorSpread,
-                     jitter: SegmentJitter | None, seed: int = 0, desc: str = "parts crops", progress: bool = True) -> SegmentCrops:
+                     jitter: SegmentJitter | None, seed: int = 0, desc: str = "parts crops", progress: bool = True,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> SegmentCrops:
     """The same crops from a face-parsing set (LaPa, CelebAMask-HQ, ...): the box comes from the
     labelled mouth pixels and the label mask is warped with nearest-neighbour sampling."""
     rng = np.random.default_rng(seed)
     rows, rejects = [], []
     size = geometry.size
-    for record, image in _decoded(records, rejects, desc, progress):
-        labels = read_label_mask(record, class_table, image.shape[:2])
+    for record, image in read_record_images(records, rejects, max_pixels, desc, progress):
+        try:
+            labels = read_label_mask(record, class_table, image.shape[:2])
+        except AnnotationError as error:  # one bad label file is that face's reject, not the stage's end
+            rejects.append(Reject(record.name, str(record.label_paths[0]) if record.label_paths else "", f"bad label: {error}"))
+            continue
         ys, xs = np.nonzero((labels > BACKGROUND) & (labels != IGNORE))
         if len(xs) == 0:
             rejects.append(Reject(record.name, str(record.label_paths[0]), "no mouth pixels under this class table"))
@@ -189,11 +185,12 @@ def merge_crops(first: SegmentCrops, second: SegmentCrops) -> SegmentCrops:
                         rejects=first.rejects + second.rejects)
 
 
-def locate_lips(predictor, records: list[Record], progress: bool = True) -> dict[str, np.ndarray]:
+def locate_lips(predictor, records: list[Record], progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
     """The lips `predictor` (a LipPredictor) finds for each record's annotated face, by name; a photo
-    where no found face lies within a mouth width of the annotated mouth is left out."""
+    where no found face lies within a mouth width of the annotated mouth is left out (a statistic: the
+    caller's crops of the same photos report the ones that cannot be read)."""
     located = {}
-    for record, image in _decoded(records, [], "locate lips", progress):
+    for record, image in read_record_images(records, [], max_pixels, "locate lips", progress):
         faces = [face.lips for face in predictor.predict(image).faces]
         if not faces:
             continue
@@ -348,22 +345,20 @@ def fit_segmenter(model: SegmenterNet, train: SegmentCrops, val: SegmentCrops, c
     bad_epochs, start_epoch = 0, 1
     tag = fingerprint(run_fingerprint, asdict(config), device.type,
                       content_digest(train.images, train.masks, val.images, val.masks, *model.state_dict().values()))
-    if checkpoint_path is not None and checkpoint_path.is_file():
-        # On the CPU first: the shuffler's state must stay a CPU tensor; load_state_dict moves the rest.
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == tag:
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            scheduler.load_state_dict(state["scheduler"])
-            if state["scaler"]:  # empty when the run was on a CPU (the scaler was off)
-                scaler.load_state_dict(state["scaler"])
-            shuffler.set_state(state["shuffler"])
-            best_state, bad_epochs, start_epoch = state["best_state"], state["bad_epochs"], state["epoch"] + 1
-            result.history = [SegmentEpoch(**record) for record in state["history"]]
-            result.best_epoch, result.best_val_f1_lips = state["best_epoch"], state["best_val_f1_lips"]
-            result.stopped_early, result.resumed_from_epoch = state["stopped_early"], state["epoch"]
-            if state["finished"]:
-                start_epoch = config.max_epochs + 1
+    # Loaded on the CPU: the shuffler's state must stay a CPU tensor; load_state_dict moves the rest.
+    if (state := read_resumable_checkpoint(checkpoint_path, tag)) is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:  # empty when the run was on a CPU (the scaler was off)
+            scaler.load_state_dict(state["scaler"])
+        shuffler.set_state(state["shuffler"])
+        best_state, bad_epochs, start_epoch = state["best_state"], state["bad_epochs"], state["epoch"] + 1
+        result.history = [SegmentEpoch(**record) for record in state["history"]]
+        result.best_epoch, result.best_val_f1_lips = state["best_epoch"], state["best_val_f1_lips"]
+        result.stopped_early, result.resumed_from_epoch = state["stopped_early"], state["epoch"]
+        if state["finished"]:
+            start_epoch = config.max_epochs + 1
     pin = device.type == "cuda"
     train_images, train_masks = images_to_tensor(train.images), torch.from_numpy(train.masks)
     epochs = tqdm(range(start_epoch, config.max_epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
@@ -403,7 +398,7 @@ def fit_segmenter(model: SegmenterNet, train: SegmentCrops, val: SegmentCrops, c
         if on_epoch is not None:
             on_epoch(record)
         if checkpoint_path is not None:
-            _save_checkpoint(checkpoint_path, {
+            save_checkpoint(checkpoint_path, {
                 "fingerprint": tag, "epoch": epoch, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "shuffler": shuffler.get_state(),
                 "best_state": best_state, "bad_epochs": bad_epochs, "history": [asdict(item) for item in result.history],
@@ -587,19 +582,21 @@ LANDMARKS = "tcnn landmarks"  # the mask source that fills the TCNN's polygons
 
 def compare_mask_sources(records: list[Record], predictor, runners: dict[str, SegmenterRunner], prediction_dir: Path | None = None,
                          figure_names: frozenset[str] = frozenset(), desc: str = "mask sources",
-                         progress: bool = True) -> tuple[dict[str, MaskScores], dict[str, list[np.ndarray]], int]:
+                         progress: bool = True, rejects: list[Reject] | None = None,
+                         max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[dict[str, MaskScores], dict[str, list[np.ndarray]], int]:
     """Every mask source on the same faces: `predictor` (a LipPredictor) finds the faces and their TCNN
     lips, then the landmark polygons and each segmenter label the face nearest the annotated mouth
     (lipeval's choice for JSON predictions; a PNG has no faces, or the other faces would count as false
     positives). Returns the scores, mouth close-ups for `figure_names` (ground truth first) and the
-    number of photos without a face; with `prediction_dir`, writes <dir>/<source>/<name>.png for lipeval."""
+    number of photos without a face; with `prediction_dir`, writes <dir>/<source>/<name>.png for lipeval.
+    Photos that cannot be used are appended to `rejects` with the reason."""
     from lipseg.io import write_png_atomic
     from lipseg.masks import crop_around, overlay
 
     scores = {name: MaskScores() for name in [LANDMARKS, *runners]}
     tiles: dict[str, list[np.ndarray]] = {name: [] for name in ["ground truth", *scores]}
     no_face = 0
-    for record, image in _decoded(records, [], desc, progress):
+    for record, image in read_record_images(records, [] if rejects is None else rejects, max_pixels, desc, progress):
         height, width = image.shape[:2]
         gt_lips = record.points[HELEN_LIPS]
         truth = label_mask_from_lips(gt_lips, height, width)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import time
@@ -140,6 +141,14 @@ class StageRun:
             if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
         }
         self.log_metrics(numbers, to_parent=to_parent)
+
+    def log_reject_counts(self, counts: dict[str, int]) -> None:
+        """`rejected` (the total, 0 included) and `rejected.<kind>` per reject kind, e.g.
+        rejected.truncated_image; MLflow keys allow no parentheses or colons, hence the slugs."""
+        metrics = {"rejected": sum(counts.values())}
+        for kind, count in counts.items():
+            metrics[f"rejected.{re.sub(r'[^a-z0-9]+', '_', kind.lower()).strip('_')}"] = count
+        self.log_metrics(metrics)
 
     def log_params(self, params: dict[str, Any]) -> None:
         mlflow.log_params({key: str(value)[:6000] for key, value in params.items()})

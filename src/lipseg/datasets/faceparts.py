@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from lipseg.datasets.helen import IMAGE_EXTENSIONS, AnnotationError, DatasetError, Reject, is_safe_name
+from lipseg.io import ImageError, image_size, read_image
 from lipseg.masks import BACKGROUND, INNER_MOUTH, LOWER_LIP, UPPER_LIP
 
 IGNORE = 255
@@ -388,20 +389,22 @@ def _list_lfw(root: Path, split: str | None) -> tuple[list[PartsRecord], list[Re
 
 
 def _decode(path: Path, flags: int) -> np.ndarray:
-    data = np.fromfile(str(path), dtype=np.uint8)  # imdecode, unlike imread, copes with any path on any OS
-    image = cv2.imdecode(data, flags) if data.size else None
-    if image is None:
-        raise AnnotationError(f"{path}: cannot decode image file")
-    return image
+    # The project's one reader (pixel limit, truncation checks); a label that fails is an annotation error.
+    try:
+        return read_image(path, flags=flags)
+    except ImageError as error:
+        raise AnnotationError(f"{path}: cannot decode label file ({error})") from None
 
 
 def _image_shape(record: PartsRecord, image_shape: tuple[int, ...] | None) -> tuple[int, int]:
     if image_shape is not None:
         height, width = (int(v) for v in tuple(image_shape)[:2])
         return height, width
-    # Same flags as crop.read_image, so the mask matches the pixels the crops are cut from.
-    image = _decode(record.image_path, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
-    return int(image.shape[0]), int(image.shape[1])
+    # The header's size is the decoded size: read_image ignores EXIF orientation, as the crops do.
+    try:
+        return image_size(record.image_path)
+    except ImageError as error:
+        raise AnnotationError(f"{record.image_path}: cannot read the image size ({error})") from None
 
 
 def _check_size(path: Path, label: np.ndarray, shape: tuple[int, int]) -> None:

@@ -1,22 +1,31 @@
 """Reader for the Helen folder layout, which every data source (synthetic, helen, url) produces.
 
 Layout: `images/<name>.jpg`, `annotation/<N>.txt` (line 1 = image name, then 194 `x , y` lines, CRLF
-in the originals), `trainnames.txt`, `testnames.txt`. Nothing is dropped silently: every name that
-cannot be used becomes a `Reject` with the file and the reason, for the crop manifest.
+in the originals, LF or CR accepted too), `trainnames.txt`, `testnames.txt`. Nothing is dropped
+silently: every name that cannot be used becomes a `Reject` with the file and the reason, and the
+stages write their rejects to `reports/<stage>/rejects.csv` with the counts by kind (`report_rejects`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from lipseg.io import IMAGE_EMPTY, write_text_atomic
 from lipseg.landmarks import HELEN_NUM_POINTS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG", ".BMP")
 SPLITS = ("train", "test")
+MAX_ANNOTATION_BYTES = 1 << 20  # 194 points take ~4 KB; anything this big is not an annotation
+REJECT_COLUMNS = ("split", "name", "file", "reason")
 
 
 class AnnotationError(ValueError):
@@ -39,7 +48,7 @@ class Record:
 
 @dataclass(frozen=True)
 class Reject:
-    """A name or file that was left out, and why."""
+    """A name or file that was left out, and why: `reason` is '<kind>' or '<kind>: <detail>'."""
 
     name: str
     file: str
@@ -48,15 +57,29 @@ class Reject:
     def as_dict(self) -> dict[str, str]:
         return {"name": self.name, "file": self.file, "reason": self.reason}
 
+    @property
+    def kind(self) -> str:
+        return reject_kind(self.reason)
+
+
+def reject_kind(reason: str) -> str:
+    """What rejects are counted by: the reason without its per-file detail."""
+    return reason.split(": ", 1)[0]
+
 
 def is_safe_name(name: str) -> bool:
     """An image name must stay inside images/: no separators, no '..', no absolute paths."""
     return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and ":" not in name
 
 
+def _annotation_lines(text: str) -> list[str]:
+    # CRLF in the originals; LF-only and CR-only copies mean the same, and an editor's BOM is no name.
+    return [line.strip() for line in text.lstrip("\ufeff").replace("\r", "\n").split("\n") if line.strip()]
+
+
 def parse_helen_annotation(text: str) -> tuple[str, np.ndarray]:
     """(image name, (194, 2) float32 points) from the text of a Helen annotation file."""
-    lines = [line.strip() for line in text.replace("\r", "\n").split("\n") if line.strip()]
+    lines = _annotation_lines(text)
     if not lines:
         raise AnnotationError("empty annotation file")
     name = lines[0]
@@ -105,27 +128,61 @@ def read_name_list(path: Path) -> tuple[list[str], list[str]]:
     return list(seen), duplicates
 
 
+def _read_annotation_file(path: Path) -> tuple[str, np.ndarray | None, str | None]:
+    """(the image name it claims, points or None, the reject reason or None) of one annotation file."""
+    size = path.stat().st_size
+    if size > MAX_ANNOTATION_BYTES:  # only its first line is read, for the name it claims
+        with path.open("rb") as handle:
+            lines = _annotation_lines(handle.read(4096).decode("utf-8", "replace"))
+        return lines[0] if lines else path.name, None, f"bad annotation: {size} bytes, too large for a Helen annotation"
+    text = path.read_bytes().decode("utf-8", "replace")
+    lines = _annotation_lines(text)
+    claimed = lines[0] if lines else path.name
+    try:
+        name, points = parse_helen_annotation(text)
+    except AnnotationError as error:
+        return claimed, None, f"bad annotation: {error}"
+    if not is_safe_name(name):
+        return name, None, "annotation names an image outside the dataset"
+    return name, points, None
+
+
 def read_annotations(root: Path) -> tuple[dict[str, tuple[Path, np.ndarray]], dict[str, Reject]]:
-    """All annotation files keyed by the image name they name; unusable ones as rejects by name."""
+    """All annotation files keyed by the image name they name; unusable ones as rejects by name.
+
+    Two files naming the same image make it a reject too: neither is trusted over the other."""
     folder = root / "annotation"
     if not folder.is_dir():
         raise DatasetError(f"{root}: no annotation/ folder (expected the Helen layout)")
+    claims: dict[str, list[tuple[Path, np.ndarray | None, str | None]]] = {}
+    for path in sorted(folder.glob("*.txt")):
+        name, points, problem = _read_annotation_file(path)
+        claims.setdefault(name, []).append((path, points, problem))
     annotations: dict[str, tuple[Path, np.ndarray]] = {}
     broken: dict[str, Reject] = {}
-    for path in sorted(folder.glob("*.txt")):
-        raw = path.read_bytes()
-        first = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-        try:
-            name, points = parse_helen_annotation(raw.decode("utf-8", "replace"))
-        except AnnotationError as error:
-            key = first or path.name
-            broken[key] = Reject(key, str(path), f"bad annotation: {error}")
-            continue
-        if not is_safe_name(name):
-            broken[name] = Reject(name, str(path), "annotation names an image outside the dataset")
-            continue
-        annotations[name] = (path, points)
+    for name, found in claims.items():
+        path, points, problem = found[0]
+        if len(found) > 1:
+            files = ", ".join(other.name for other, _, _ in found)
+            broken[name] = Reject(name, str(path), f"duplicate annotation: {len(found)} files name this image ({files})")
+        elif problem is not None:
+            broken[name] = Reject(name, str(path), problem)
+        else:
+            annotations[name] = (path, points)
     return annotations, broken
+
+
+def unlisted_annotation_rejects(root: Path) -> list[Reject]:
+    """Unusable annotation files that neither list names (say one naming ../../x): no split's record,
+    but reported so that nothing unusable is passed over in silence."""
+    root = Path(root)
+    listed: set[str] = set()
+    for split in SPLITS:
+        names_file = root / f"{split}names.txt"
+        if names_file.is_file():
+            listed.update(read_name_list(names_file)[0])
+    _, broken = read_annotations(root)
+    return [reject for name, reject in broken.items() if name not in listed]
 
 
 def load_split(root: Path, split: str) -> tuple[list[Record], list[Reject]]:
@@ -154,8 +211,58 @@ def load_split(root: Path, split: str) -> tuple[list[Record], list[Reject]]:
             rejects.append(Reject(name, str(root / "images" / name), "image file missing"))
             continue
         if image_path.stat().st_size == 0:
-            rejects.append(Reject(name, str(image_path), "image file is empty (0 bytes)"))
+            rejects.append(Reject(name, str(image_path), IMAGE_EMPTY))
             continue
         annotation_path, points = annotations[name]
         records.append(Record(name, image_path, annotation_path, points))
     return records, rejects
+
+
+# ---------------------------------------------------------------------------------------------- reports
+
+
+def reject_rows(split: str, rejects: Iterable[Reject]) -> list[dict[str, str]]:
+    """Rejects as rows of a stage's rejects report (REJECT_COLUMNS)."""
+    return [{"split": split, **reject.as_dict()} for reject in rejects]
+
+
+def count_rejects(rows: Iterable[dict[str, str]]) -> dict[str, int]:
+    """Rejects counted by kind, the most frequent first."""
+    return dict(Counter(reject_kind(row["reason"]) for row in rows).most_common())
+
+
+def describe_reject_counts(counts: dict[str, int]) -> str:
+    if not counts:
+        return "nothing rejected"
+    return f"{sum(counts.values())} rejected: " + ", ".join(f"{count} {kind}" for kind, count in counts.items())
+
+
+def rejects_csv(rows: list[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=REJECT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def report_rejects(stage: str, rows: list[dict[str, str]], csv_path: Path, run: Any) -> dict[str, int]:
+    """What every stage that drops records does with them: the rejects report at `csv_path`, one line
+    per reject and the counts by kind in the stage log, and the counts in MLflow (`run`, a
+    tracking.StageRun). Returns the counts."""
+    write_text_atomic(csv_path, rejects_csv(rows))
+    for row in rows:
+        print(f"{stage}: rejected {row['split']}/{row['name']}: {row['reason']} ({row['file']})")
+    counts = count_rejects(rows)
+    print(f"{stage}: {describe_reject_counts(counts)} (report: {csv_path})")
+    run.log_reject_counts(counts)
+    run.log_artifact(csv_path)
+    return counts
+
+
+def require_usable(stage: str, sizes: dict[str, int], counts: dict[str, int], see: str | Path) -> None:
+    """DatasetError naming the reasons when a split has nothing left (every record was rejected);
+    `see` says where each reject is listed with its file."""
+    empty = [split for split, size in sizes.items() if size == 0]
+    if empty:
+        raise DatasetError(f"{stage}: no usable images left in {', '.join(empty)}; {describe_reject_counts(counts)} "
+                           f"(each reject with its file and reason: {see})")

@@ -1,0 +1,96 @@
+"""Training checkpoints without pickle: a nested state (dicts, lists, numbers, strings and tensors, as in
+`optimizer.state_dict()`) goes into one safetensors file. The tensors are its tensors; everything else
+is a JSON skeleton in the file's metadata, where each tensor is a `{"__tensor__": key}` placeholder.
+
+`torch.save` writes a pickle stream that only `weights_only=True` keeps from running code; this format
+has no code path at all, so a checkpoint from anywhere can be opened safely. Dicts are stored as
+key/value pairs so integer keys (optimizer state is keyed by parameter index) come back as integers,
+and floats go through JSON's repr round trip, so a resumed run sees bit-identical state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SKELETON_KEY = "lipseg.checkpoint"
+FORMAT = "lipseg-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a lipseg checkpoint, or whose skeleton does not match its tensors."""
+
+
+def _split(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The JSON skeleton of `value`, moving every tensor into `tensors` under a fresh key."""
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        # safetensors stores dense, contiguous, CPU tensors that share no memory with each other.
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(value, dict):
+        return {"__dict__": [[_split(key, tensors), _split(item, tensors)] for key, item in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_split(item, tensors) for item in value]}
+    if isinstance(value, list):
+        return [_split(item, tensors) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint (only dicts, lists, tuples, numbers, strings, tensors)")
+
+
+def _join(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            try:
+                return tensors[skeleton["__tensor__"]]
+            except KeyError as error:
+                raise CheckpointError(f"checkpoint skeleton names a missing tensor {error}") from error
+        if "__dict__" in skeleton:
+            return {_join(key, tensors): _join(item, tensors) for key, item in skeleton["__dict__"]}
+        if "__tuple__" in skeleton:
+            return tuple(_join(item, tensors) for item in skeleton["__tuple__"])
+        raise CheckpointError(f"unknown checkpoint skeleton node {sorted(skeleton)}")
+    if isinstance(skeleton, list):
+        return [_join(item, tensors) for item in skeleton]
+    return skeleton
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically: a kill mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split(state, tensors)
+    metadata = {"format": FORMAT, SKELETON_KEY: json.dumps(skeleton, allow_nan=True)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state `save_checkpoint` wrote, with every tensor on the CPU."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types for a damaged header
+        raise CheckpointError(f"{path} is not a readable checkpoint: {error}") from error
+    if metadata.get("format") != FORMAT or SKELETON_KEY not in metadata:
+        raise CheckpointError(f"{path} is not a lipseg checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    state = _join(json.loads(metadata[SKELETON_KEY]), tensors)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a dict")
+    return state

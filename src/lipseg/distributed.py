@@ -1,0 +1,70 @@
+"""Joining a multi-process (DDP) training job: the process group, and the re-launch under torchrun.
+
+DVC runs a stage as `python stages/<stage>.py`. A stage whose params ask for N > 1 processes re-runs
+itself as `python -m torch.distributed.run --standalone --nproc_per_node N stages/<stage>.py`, so
+`dvc repro` needs no edit of dvc.yaml; torchrun then starts N copies with RANK, LOCAL_RANK and
+WORLD_SIZE set, and each joins the process group here. The training loop's share of the work (rank
+sharding, gradient averaging, rank-0-only checkpoints) is in lipseg.train.fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lipseg.train import Ranks, resolve_device
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a job of more than one process started by torchrun (or by hand with its variables)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def torchrun_command(processes: int, script: Path, *args: str) -> list[str]:
+    """`python -m torch.distributed.run` rather than the `torchrun` script: the same interpreter (and
+    virtual environment) as the stage, whatever is on PATH. --standalone: a one-machine rendezvous on
+    a free local port, so concurrent jobs do not collide."""
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", str(script), *args]
+
+
+def run_under_torchrun(processes: int, script: Path, *args: str) -> int:
+    """Run `script` as `processes` ranks and return torchrun's exit status (non-zero if any rank failed;
+    torchrun then stops the others)."""
+    return subprocess.run(torchrun_command(processes, script, *args), check=False).returncode
+
+
+def backend_for(device: torch.device) -> str:
+    """nccl between GPUs, gloo between CPU processes (nccl has no CPU tensors)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+@contextlib.contextmanager
+def process_group(device_name: str = "auto") -> Iterator[Ranks]:
+    """Join the torchrun job this process belongs to for the duration of the block and yield its rank;
+    outside torchrun, yield rank 0 of 1 and set nothing up (the single-process path is unchanged).
+    On CUDA, rank r uses cuda:LOCAL_RANK whatever `device_name` names."""
+    if not launched_by_torchrun():
+        yield Ranks()
+        return
+    device = resolve_device(device_name)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    options: dict = {}
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"local rank {local_rank} needs a GPU of its own, but this machine has {torch.cuda.device_count()}")
+        torch.cuda.set_device(local_rank)
+        options["device_id"] = torch.device("cuda", local_rank)  # binds NCCL's communicator to this GPU
+    dist.init_process_group(backend=backend_for(device), **options)
+    try:
+        yield Ranks.current()
+    finally:
+        dist.destroy_process_group()
