@@ -59,7 +59,8 @@ def main() -> None:
         state = f"val NME {report.base_val_nme:.4f} -> {report.head_val_nme:.4f}"
         if report.fallback:
             state = f"base head kept ({report.fallback_reason}" + (f"; {state})" if report.fallback_reason != "small cluster" else ")")
-        print(f"finetune_heads: head {report.cluster}: {report.train_size} train crops, {state}")
+        resumed = f" (resumed after epoch {report.resumed_from_epoch})" if report.resumed_from_epoch else ""
+        print(f"finetune_heads: head {report.cluster}: {report.train_size} train crops, {state}{resumed}")
 
 
 if __name__ == "__main__":

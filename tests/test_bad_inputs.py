@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -549,11 +550,70 @@ def test_predict_max_pixels_flag(tmp_path: Path, face: np.ndarray, tiny_model_fo
 
 
 def test_readme_table_quotes_the_corpus() -> None:
-    """The README section is generated from CORPUS (tests/test_bad_inputs.py --readme prints it)."""
+    """The README's table is exactly what `tests/test_bad_inputs.py --readme` prints from CORPUS."""
     table = readme_table()
     assert table.count("\n") == len(CORPUS) + 2
-    for key in CORPUS:
-        assert f"`{key}`" in table
+    assert table in (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
+    segments, start = [], 2
+    while data[start + 1] != 0xDA:
+        length = int.from_bytes(data[start + 2 : start + 4], "big")
+        segments.append((data[start + 1], data[start : start + 2 + length]))
+        start += 2 + length
+    return [*segments, (0xDA, data[start:])]
+
+
+def _tiff(entries: list[tuple[int, int, int]], pixels: bytes) -> bytes:
+    """Little-endian, one uncompressed 8-bit grey strip; entries (tag, type, value); 273 = strip offset."""
+    ifd_size = 2 + 12 * len(entries) + 4
+    out = b"II*\x00" + (8).to_bytes(4, "little") + len(entries).to_bytes(2, "little")
+    for tag, kind, value in entries:
+        value = 8 + ifd_size if tag == 273 else value
+        packed = value.to_bytes(2, "little") + b"\x00\x00" if kind == 3 else value.to_bytes(4, "little", signed=kind == 9)
+        out += tag.to_bytes(2, "little") + kind.to_bytes(2, "little") + (1).to_bytes(4, "little") + packed
+    return out + b"\x00" * 4 + pixels
+
+
+def test_headers_that_show_the_decoder_another_size_are_refused(tmp_path: Path, face: np.ndarray) -> None:
+    """Files that tell a naive header parser one size and OpenCV a larger one (review findings) are read
+    the decoder's way or refused: none decodes past the pixel limit."""
+    small = cv2.resize(face, (8, 8))
+    data = cv2.imencode(".jpg", small)[1].tobytes()
+    segments = _jpeg_segments(data)
+    frame = next(segment for marker, segment in segments if marker == 0xC0)
+    large_frame = bytearray(frame)
+    large_frame[5:9] = (200).to_bytes(2, "big") + (300).to_bytes(2, "big")
+    # libjpeg skips a stuffed FF 00 between segments and meets the large frame first; a parser that reads
+    # FF 00 as a segment with a length jumps over it to the small one.
+    hidden = bytes(large_frame) + b"\xff\xe1" + (2 + len(frame)).to_bytes(2, "big")
+    jpeg = b"\xff\xd8\xff\x00" + (2 + len(hidden)).to_bytes(2, "big") + hidden + frame + b"".join(
+        segment for marker, segment in segments if marker != 0xC0)
+    tiff = _tiff([(256, 9, 300), (256, 4, 1), (257, 4, 200), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 0),
+                  (277, 3, 1), (278, 4, 200), (279, 4, 300 * 200)], bytes(300 * 200))
+    pnm = b"P6\n# a comment\x0c 2 2\n300 200\n255\n" + bytes(300 * 200 * 3)
+    for name, payload in (("hidden_frame.jpg", jpeg), ("repeated_width.tif", tiff), ("formfeed_comment.ppm", pnm)):
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(ImageError, match="image too large|image cannot be decoded"):
+            read_image(path, max_pixels=1000)
+    # A stray byte between segments is only a warning to libjpeg, so it is no reason to refuse the photo.
+    length = int.from_bytes(data[4:6], "big")
+    padded = tmp_path / "stray_byte.jpg"
+    padded.write_bytes(data[: 4 + length] + b"\x00" + data[4 + length :])
+    assert read_image(padded).shape == (8, 8, 3)
+
+
+def test_special_and_oversized_files_are_refused_unread(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_image(fifo)
+    padded = tmp_path / "padded.png"
+    padded.write_bytes(cv2.imencode(".png", np.zeros((2, 2, 3), np.uint8))[1].tobytes() + bytes(17 << 20))  # over 8 bytes a pixel + 16 MiB of metadata
+    with pytest.raises(ImageError, match="image too large: a file of"):
+        read_image(padded, max_pixels=100)
 
 
 def outcome_text(case: Case) -> str:

@@ -82,6 +82,11 @@ def test_foreign_and_damaged_files_are_refused(tmp_path: Path) -> None:
     save_file({"w": torch.ones(2)}, str(plain))
     with pytest.raises(CheckpointError, match="not a lipseg checkpoint"):
         load_checkpoint(plain)
+    for skeleton in ("{not json", '{"__dict__": [[["a list as a key"], 1]]}', '{"__dict__": [[1]]}', '{"__tensor__": "t9"}'):
+        forged = tmp_path / "forged.safetensors"
+        save_file({"w": torch.ones(2)}, str(forged), metadata={"format": "lipseg-checkpoint-1", "lipseg.checkpoint": skeleton})
+        with pytest.raises(CheckpointError):
+            load_checkpoint(forged)
     good = tmp_path / "good.safetensors"
     save_checkpoint(good, {"w": torch.ones(2)})
     good.write_bytes(good.read_bytes()[:-3])  # cut short

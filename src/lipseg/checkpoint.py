@@ -90,7 +90,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable checkpoint: {error}") from error
     if metadata.get("format") != FORMAT or SKELETON_KEY not in metadata:
         raise CheckpointError(f"{path} is not a lipseg checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
-    state = _join(json.loads(metadata[SKELETON_KEY]), tensors)
+    try:
+        state = _join(json.loads(metadata[SKELETON_KEY]), tensors)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:  # a damaged or hand-made skeleton
+        raise CheckpointError(f"{path} has a damaged checkpoint skeleton: {error}") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a dict")
     return state

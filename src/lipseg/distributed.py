@@ -47,6 +47,23 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def _die_with_parent() -> None:
+    """torchrun starts each rank in a session of its own, so killing `dvc repro`'s process group (or an
+    OOM kill of the launcher) would leave the ranks training and writing after DVC is gone, racing a
+    rerun. On Linux, ask the kernel to SIGKILL this rank when its parent, the launcher, dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os._exit(1)
+
+
 @contextlib.contextmanager
 def process_group(device_name: str = "auto") -> Iterator[Ranks]:
     """Join the torchrun job this process belongs to for the duration of the block and yield its rank;
@@ -55,6 +72,7 @@ def process_group(device_name: str = "auto") -> Iterator[Ranks]:
     if not launched_by_torchrun():
         yield Ranks()
         return
+    _die_with_parent()
     device = resolve_device(device_name)
     local_rank = int(os.environ["LOCAL_RANK"])
     options: dict = {}

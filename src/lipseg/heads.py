@@ -43,6 +43,7 @@ class HeadReport:
     epochs_run: int
     history: list[EpochRecord] = field(default_factory=list)
     fallback_reason: str = ""  # "", "small cluster" or "no validation gain"
+    resumed_from_epoch: int = 0  # > 0: training continued from this epoch's checkpoint (after a kill)
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if key != "history"}
@@ -138,6 +139,7 @@ def finetune_heads(
         reports.append(HeadReport(
             cluster, len(train_index), len(val_index), no_gain, scope, base_nme, head_nme,
             result.best_epoch, len(result.history), result.history, fallback_reason="no validation gain" if no_gain else "",
+            resumed_from_epoch=result.resumed_from_epoch,
         ))
     return tweaked.eval(), reports
 

@@ -16,7 +16,9 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -174,17 +176,27 @@ def _read_exact(handle: BinaryIO, count: int) -> bytes:
 _JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
+def _next_jpeg_marker(handle: BinaryIO) -> int:
+    """The next marker as libjpeg's next_marker finds it: stray bytes and stuffed FF 00 pairs between
+    segments are skipped, FF fill bytes too. Reading it any other way would let a file show us one frame
+    header and the decoder another."""
+    while True:
+        while _read_exact(handle, 1) != b"\xff":
+            pass
+        marker = _read_exact(handle, 1)[0]
+        while marker == 0xFF:
+            marker = _read_exact(handle, 1)[0]
+        if marker != 0x00:
+            return marker
+
+
 def _jpeg_header(handle: BinaryIO) -> ImageHeader:
     """Walk the marker segments by their lengths (so an EXIF thumbnail's own markers are skipped) to the
-    frame header for the size, and on to the first scan."""
+    first frame header for the size (the one libjpeg uses; it refuses a second), and on to the first scan."""
     handle.seek(2)
     size: tuple[int, int] | None = None
     while True:
-        if _read_exact(handle, 1) != b"\xff":
-            raise ImageError(IMAGE_UNDECODABLE, "corrupt JPEG (no marker where one must be)")
-        marker = _read_exact(handle, 1)[0]
-        while marker == 0xFF:  # fill bytes
-            marker = _read_exact(handle, 1)[0]
+        marker = _next_jpeg_marker(handle)
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             continue
         if marker == 0xD9:
@@ -234,8 +246,13 @@ def _tiff_header(handle: BinaryIO) -> ImageHeader:
     found: dict[int, int] = {}
     for start in range(0, len(entries), 12):
         tag, kind = int.from_bytes(entries[start : start + 2], order), int.from_bytes(entries[start + 2 : start + 4], order)
-        if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength as SHORT or LONG
-            found[tag] = int.from_bytes(entries[start + 8 : start + (10 if kind == 3 else 12)], order)
+        if tag not in (256, 257):
+            continue
+        # ImageWidth / ImageLength: anything but one SHORT or LONG entry each is ambiguous (libtiff reads
+        # other integer types and keeps the first of two), so it is refused rather than guessed.
+        if kind not in (3, 4) or tag in found:
+            raise ImageError(IMAGE_UNDECODABLE, "TIFF with a repeated or non-SHORT/LONG image width or length")
+        found[tag] = int.from_bytes(entries[start + 8 : start + (10 if kind == 3 else 12)], order)
     if 256 not in found or 257 not in found:
         raise ImageError(IMAGE_UNDECODABLE, "corrupt TIFF (no image width and length in the first directory)")
     return ImageHeader("TIFF", found[256], found[257])
@@ -255,11 +272,11 @@ def _webp_header(handle: BinaryIO) -> ImageHeader:
 
 
 def _pnm_header(handle: BinaryIO) -> ImageHeader:
-    text = handle.read(4096).decode("latin-1")
-    tokens = [token for line in text.splitlines() for token in line.split("#", 1)[0].split()]
+    # As OpenCV reads it: a comment runs from '#' to CR or LF only, tokens split on ASCII whitespace only.
+    tokens = re.sub(rb"#[^\r\n]*", b" ", handle.read(4096)).split()
     try:
-        if tokens[0] == "P7":  # PAM: WIDTH / HEIGHT lines
-            return ImageHeader("PNM", int(tokens[tokens.index("WIDTH") + 1]), int(tokens[tokens.index("HEIGHT") + 1]))
+        if tokens[0] == b"P7":  # PAM: WIDTH / HEIGHT lines
+            return ImageHeader("PNM", int(tokens[tokens.index(b"WIDTH") + 1]), int(tokens[tokens.index(b"HEIGHT") + 1]))
         return ImageHeader("PNM", int(tokens[1]), int(tokens[2]))
     except (IndexError, ValueError):
         raise ImageError(IMAGE_UNDECODABLE, "corrupt PNM (no width and height in the header)") from None
@@ -343,16 +360,24 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, flags: int | No
     if flags is None:
         flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     try:
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode):  # a FIFO or device named x.jpg would block or never end
+            raise ImageError(IMAGE_UNREADABLE, "not a regular file")
+        if status.st_size == 0:
+            raise ImageError(IMAGE_EMPTY)
+        # No image format needs more bytes than 16-bit RGBA pixels plus metadata: more is not an image we read.
+        byte_limit = 8 * max_pixels + (16 << 20)
+        if status.st_size > byte_limit:
+            raise ImageError(IMAGE_TOO_LARGE, f"a file of {status.st_size} bytes, over the {byte_limit} bytes an image of at most "
+                                              f"{max_pixels} pixels can need ({PIXEL_LIMIT_SETTINGS})")
         with Path(path).open("rb") as handle:
-            if os.fstat(handle.fileno()).st_size == 0:
-                raise ImageError(IMAGE_EMPTY)
             header = read_image_header(handle)
             pixels = header.width * header.height
             if pixels > max_pixels:
                 raise ImageError(IMAGE_TOO_LARGE, f"{header.width} x {header.height} = {pixels} pixels, over the limit of "
                                                   f"{max_pixels} ({PIXEL_LIMIT_SETTINGS})")
             handle.seek(0)
-            data = handle.read()
+            data = handle.read(byte_limit + 1)
     except OSError as error:
         raise ImageError(IMAGE_UNREADABLE, error.strerror or str(error)) from None
     _check_complete(header, data)
@@ -362,4 +387,9 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, flags: int | No
         image = None
     if image is None:
         raise ImageError(IMAGE_UNDECODABLE, f"corrupt {header.format} data")
+    if image.shape[:2] != (header.height, header.width):
+        # Defence in depth: a header our parser reads differently from the decoder must not slip a larger
+        # image past the limit (OpenCV's own cap, 2**30 pixels, bounds what this one decode could cost).
+        raise ImageError(IMAGE_UNDECODABLE, f"the {header.format} header declares {header.width} x {header.height} "
+                                            f"but the data decodes to {image.shape[1]} x {image.shape[0]}")
     return image

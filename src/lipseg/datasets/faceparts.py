@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from lipseg.datasets.helen import IMAGE_EXTENSIONS, AnnotationError, DatasetError, Reject, is_safe_name
-from lipseg.io import ImageError, image_size, read_image
+from lipseg.io import DEFAULT_MAX_PIXELS, ImageError, image_size, read_image
 from lipseg.masks import BACKGROUND, INNER_MOUTH, LOWER_LIP, UPPER_LIP
 
 IGNORE = 255
@@ -388,10 +388,12 @@ def _list_lfw(root: Path, split: str | None) -> tuple[list[PartsRecord], list[Re
 # ---------------------------------------------------------------------------------------------- labels
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
-    # The project's one reader (pixel limit, truncation checks); a label that fails is an annotation error.
+def _decode(path: Path, flags: int, image_shape: tuple[int, int]) -> np.ndarray:
+    # The project's one reader (truncation checks, a pixel limit); a label that fails is an annotation
+    # error. Its image already passed the stage's limit, and a label may be as large as its image, so a
+    # raised crop.max_pixels reaches the labels too.
     try:
-        return read_image(path, flags=flags)
+        return read_image(path, max_pixels=max(DEFAULT_MAX_PIXELS, image_shape[0] * image_shape[1]), flags=flags)
     except ImageError as error:
         raise AnnotationError(f"{path}: cannot decode label file ({error})") from None
 
@@ -414,7 +416,7 @@ def _check_size(path: Path, label: np.ndarray, shape: tuple[int, int]) -> None:
 
 def _lapa_mask(record: PartsRecord, table: dict[str, int], shape: tuple[int, int]) -> np.ndarray:
     path = record.label_paths[0]
-    label = _decode(path, cv2.IMREAD_UNCHANGED)
+    label = _decode(path, cv2.IMREAD_UNCHANGED, shape)
     if label.ndim == 3:
         # Some re-saved copies carry the ids in three equal channels; different channels mean a colour image.
         if not all(np.array_equal(label[..., 0], label[..., c]) for c in range(1, label.shape[2])):
@@ -444,7 +446,7 @@ def _celebamask_mask(record: PartsRecord, table: dict[str, int], shape: tuple[in
     for part in CELEBAMASK_PRECEDENCE:
         if part not in by_part:
             continue
-        mask = _decode(by_part[part], cv2.IMREAD_GRAYSCALE)
+        mask = _decode(by_part[part], cv2.IMREAD_GRAYSCALE, shape)
         if mask.shape != shape:
             # Nearest neighbour keeps the masks binary and the part borders where the annotator put them.
             mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
@@ -454,7 +456,7 @@ def _celebamask_mask(record: PartsRecord, table: dict[str, int], shape: tuple[in
 
 def _lfw_mask(record: PartsRecord, table: dict[str, int], shape: tuple[int, int]) -> np.ndarray:
     path = record.label_paths[0]
-    label = _decode(path, cv2.IMREAD_COLOR)
+    label = _decode(path, cv2.IMREAD_COLOR, shape)
     _check_size(path, label, shape)
     channel = np.argmax(label[..., ::-1], axis=2)  # BGR -> RGB so index 0, 1, 2 = hair, face, background
     lut = np.array([table[name] for name in LFW_CLASSES], np.uint8)
