@@ -122,7 +122,7 @@ def pickled(path: Path) -> bool:
         return True
     if data.startswith(b"PK"):
         with zipfile.ZipFile(path) as archive:
-            if any(name.endswith((".pkl", "data.pkl")) for name in archive.namelist()):
+            if any(name.endswith(".pkl") for name in archive.namelist()):
                 return True
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as arrays:
