@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 run: install  ## the main job: dvc repro on params.yaml (synthetic data by default), then the metrics tables
 	$(BIN)/dvc repro
-	$(BIN)/python -m lipseg.evaluation metrics.json
+	$(BIN)/python -m lipseg.tcnn.scoring metrics.json
 	@echo "mask sources end to end on the test photos (reports/evaluate_segmenters/comparison.md):"
 	@cat reports/evaluate_segmenters/comparison.md
 

@@ -7,7 +7,7 @@ Each row is a full `dvc repro` on the Helen sample (bench/pipeline.py, in its ow
 --out/<row>/) with the params overrides listed in ROWS below. For every trained model it then measures:
 - ground-truth crops: lips/upper/lower/inner F1 and NME_io of the base and tweaked models, each with and
   without flip test-time averaging, on the validation split (for choosing) and on the test split (for
-  reporting), scored by lipseg.metrics (equal to lipeval; the pipeline run also scores with lipeval);
+  reporting), scored by lipseg.tcnn.scoring (equal to lipeval; the pipeline run also scores with lipeval);
 - end to end: `lipseg predict --mouth cascade` on the photos (bench/predict.py), test and validation;
 - ms per face on one CPU thread for the landmark step (crop + TCNN with gating, onnxruntime, batch 1,
   x2 with flip averaging), on the test photos' crops.
@@ -20,52 +20,106 @@ from __future__ import annotations
 
 import os
 
-for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")  # the timings are single-thread; training runs in subprocesses
+# The timings are single-thread (set before numpy loads its thread pool); training runs in subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
 
-import numpy as np  # noqa: E402
+import numpy as np
+
+from lipseg.core.files import load_npz
+from lipseg.core.images import read_image
+from lipseg.core.scratch import dvc_repro, scratch_env, set_params
+from lipseg.data.crops import CropSet
+from lipseg.data.geometry import warp_crop
+from lipseg.data.helen import load_split
+from lipseg.tcnn.export import OnnxCropRunner
+from lipseg.tcnn.model import load_tcnn
+from lipseg.tcnn.predict import predict_crops
+from lipseg.tcnn.scoring import ground_truth_for, score, score_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
-sys.path.insert(0, str(ROOT / "bench"))
-import predict as predict_bench  # noqa: E402
-import speed as speed_bench  # noqa: E402
 
-from lipseg.crop import CropSet, warp_crop  # noqa: E402
-from lipseg.io import read_image  # noqa: E402
-from lipseg.datasets.helen import load_split  # noqa: E402
-from lipseg.devtools import dvc_repro, scratch_env, set_params  # noqa: E402
-from lipseg.evaluation import ground_truth_for, score, score_metrics  # noqa: E402
-from lipseg.io import load_npz  # noqa: E402
-from lipseg.model_folder import load_model_folder, predict_crops  # noqa: E402
+def bench_script(name: str) -> ModuleType:
+    """Another script of bench/ (a folder of scripts, not a package), loaded as a module from its path."""
+    path = Path(__file__).resolve().with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+predict_bench = bench_script("predict")  # read_names, image_path, run_ours, lipeval, summarise, our_no_face
+speed_bench = bench_script("speed")  # letterbox_placement, letterbox, timed_ms
 
 WIDE = ["train_base.conv_channels=[24,48,64,96]", "train_base.fc5=192"]
 # Each row: (label, params overrides on top of params.yaml). The chain adds one lever at a time; the
 # branches after "size48" try BatchNorm, the cosine schedule and longer training (more jitter copies) on top of it.
-PAPER = ["crop.augment.flip=false", "crop.size=40", "train_base.loss=mse", "train_base.batch_norm=false",
-         "train_base.conv_channels=[16,48,64,64]", "train_base.fc5=100", "train_base.lr_schedule=plateau",
-         "train_base.conv_activation=abs_tanh"]
+PAPER = [
+    "crop.augment.flip=false",
+    "crop.size=40",
+    "train_base.loss=mse",
+    "train_base.batch_norm=false",
+    "train_base.conv_channels=[16,48,64,64]",
+    "train_base.fc5=100",
+    "train_base.lr_schedule=plateau",
+    "train_base.conv_activation=abs_tanh",
+]
 ROWS: dict[str, tuple[str, list[str]]] = {
     "paper": ("paper TCNN: 40 px, MSE, no flips", PAPER),
     "flips": ("+ horizontal flips", PAPER + ["crop.augment.flip=true"]),
     "wing": ("+ wing loss", PAPER + ["crop.augment.flip=true", "train_base.loss=wing"]),
     "wide": ("+ width 24-48-64-96, FC5 192", PAPER + ["crop.augment.flip=true", "train_base.loss=wing", *WIDE]),
     "size48": ("+ 48 px input", PAPER + ["crop.augment.flip=true", "train_base.loss=wing", *WIDE, "crop.size=48"]),
-    "bn": ("size48 + BatchNorm (ReLU)", PAPER + ["crop.augment.flip=true", "train_base.loss=wing", *WIDE, "crop.size=48",
-                                                 "train_base.batch_norm=true", "train_base.conv_activation=relu"]),
-    "cosine": ("size48 + cosine LR, 60 epochs", PAPER + ["crop.augment.flip=true", "train_base.loss=wing", *WIDE, "crop.size=48",
-                                                        "train_base.lr_schedule=cosine", "train_base.max_epochs=60",
-                                                        "train_base.patience=60"]),
-    "long": ("size48 + 16 jitter copies, patience 25", PAPER + ["crop.augment.flip=true", "train_base.loss=wing", *WIDE,
-                                                              "crop.size=48", "crop.augment.copies=16",
-                                                              "train_base.patience=25"]),
+    "bn": (
+        "size48 + BatchNorm (ReLU)",
+        PAPER
+        + [
+            "crop.augment.flip=true",
+            "train_base.loss=wing",
+            *WIDE,
+            "crop.size=48",
+            "train_base.batch_norm=true",
+            "train_base.conv_activation=relu",
+        ],
+    ),
+    "cosine": (
+        "size48 + cosine LR, 60 epochs",
+        PAPER
+        + [
+            "crop.augment.flip=true",
+            "train_base.loss=wing",
+            *WIDE,
+            "crop.size=48",
+            "train_base.lr_schedule=cosine",
+            "train_base.max_epochs=60",
+            "train_base.patience=60",
+        ],
+    ),
+    "long": (
+        "size48 + 16 jitter copies, patience 25",
+        PAPER
+        + [
+            "crop.augment.flip=true",
+            "train_base.loss=wing",
+            *WIDE,
+            "crop.size=48",
+            "crop.augment.copies=16",
+            "train_base.patience=25",
+        ],
+    ),
     "default": ("params.yaml as committed", []),
 }
 CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth")
@@ -74,14 +128,16 @@ TWEAK_STUDY = {
     "K=4": {"gmm": {"k": 4}},
     "K=auto (BIC)": {"gmm": {"k": "auto"}},
     "K=auto, copies follow their face": {"heads": {"cluster_by": "source"}, "gmm": {"fit_on": "plain"}},
-    "K=auto, heads 100 epochs, lr 3e-4": {"heads": {"epochs": 100, "patience": 15, "lr": 0.0003, "cluster_by": "crop"},
-                                          "gmm": {"fit_on": "all"}},
+    "K=auto, heads 100 epochs, lr 3e-4": {
+        "heads": {"epochs": 100, "patience": 15, "lr": 0.0003, "cluster_by": "crop"},
+        "gmm": {"fit_on": "all"},
+    },
 }
 
 
 def run(command: list[str]) -> None:
     print("$ " + " ".join(command), flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = dict(os.environ)
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.pop(variable, None)  # training may use every core
     subprocess.run(command, check=True, cwd=ROOT, env=env)
@@ -91,9 +147,14 @@ def crop_metrics(repo: Path, split: str, model_dir: Path, flip: bool) -> dict:
     """F1 per class and NMEs of one model on the unjittered crops of `split` (val or test)."""
     crops = CropSet.from_arrays(load_npz(repo / "data/crops" / f"{split}.npz"))
     records = {r.name: r for r in load_split(repo / "data/raw", "test" if split == "test" else "train")[0]}
-    model, _, _ = load_model_folder(model_dir)
-    metrics = score_metrics(score(predict_crops(model, crops.images, flip_average=flip), crops, ground_truth_for(crops, records), 0.1))
-    return {**{key: metrics[f"f1_{key}"] for key in CLASSES}, "nme_io": metrics["nme_io"], "nme_io_respaced": metrics["nme_io_respaced"]}
+    model, _, _ = load_tcnn(model_dir)
+    predictions = predict_crops(model, crops.images, flip_average=flip)
+    metrics = score_metrics(score(predictions, crops, ground_truth_for(crops, records), 0.1))
+    return {
+        **{key: metrics[f"f1_{key}"] for key in CLASSES},
+        "nme_io": metrics["nme_io"],
+        "nme_io_respaced": metrics["nme_io_respaced"],
+    }
 
 
 def landmark_ms(repo: Path, model_dir: Path, flip: bool, faces: int = 60, repeats: int = 20) -> float:
@@ -101,13 +162,11 @@ def landmark_ms(repo: Path, model_dir: Path, flip: bool, faces: int = 60, repeat
     letterboxed to 640x480 as in bench/speed.py (the crop's cost grows with the photo's size)."""
     import cv2
 
-    from lipseg.predictor import OnnxCropRunner
-
     cv2.setNumThreads(1)
     crops = CropSet.from_arrays(load_npz(repo / "data/crops/test.npz"))
     records = {r.name: r for r in load_split(repo / "data/raw", "test")[0]}
     runner = OnnxCropRunner(model_dir, threads=1)
-    size = load_model_folder(model_dir)[1].size
+    size = load_tcnn(model_dir)[1].size
     times = []
     for index in range(min(faces, len(crops))):
         image = read_image(records[str(crops.names[index])].image_path)
@@ -127,12 +186,23 @@ def end_to_end(args: argparse.Namespace, repo: Path, out: Path, flip: bool, name
     names_file = out / "names.txt"
     names_file.write_text("\n".join(names) + "\n")
     options = ["--cascade-passes", str(args.cascade_passes), "--flip-tta" if flip else "--no-flip-tta"]
-    predict_bench.run_ours([predict_bench.image_path(args.helen, name) for name in names], out / "ours",
-                           repo / "models/tcnn", "cascade", "hog", None, options)
+    predict_bench.run_ours(
+        [predict_bench.image_path(args.helen, name) for name in names],
+        out / "ours",
+        repo / "models/tcnn",
+        "cascade",
+        "hog",
+        None,
+        options,
+    )
     report = predict_bench.lipeval(args.lipeval, args.helen, out / "ours", out / "lipeval.json", names_file)
     ours = predict_bench.summarise(report, len(predict_bench.our_no_face(out / "ours", names)))
-    return {**{key: ours[f"f1_{key}"] for key in CLASSES}, "nme_io": ours["nme_io"], "no_face": ours["no_face"],
-            "images": len(names)}
+    return {
+        **{key: ours[f"f1_{key}"] for key in CLASSES},
+        "nme_io": ours["nme_io"],
+        "no_face": ours["no_face"],
+        "images": len(names),
+    }
 
 
 def measure_row(args: argparse.Namespace, name: str) -> dict:
@@ -141,15 +211,29 @@ def measure_row(args: argparse.Namespace, name: str) -> dict:
     cached = folder / "row.json"
     if cached.is_file() and not args.force:
         return json.loads(cached.read_text())
-    command = [sys.executable, "bench/pipeline.py", "--helen", str(args.helen), "--workdir", str(folder / "work"),
-               "--out", str(folder), "--skip-incremental"]
+    command = [
+        sys.executable,
+        "bench/pipeline.py",
+        "--helen",
+        str(args.helen),
+        "--workdir",
+        str(folder / "work"),
+        "--out",
+        str(folder),
+        "--skip-incremental",
+    ]
     for item in overrides:
         command += ["--set", item]
     run(command)
     repo = folder / "work" / "repo"
     pipeline = json.loads((folder / "pipeline.json").read_text())
-    row = {"label": label, "overrides": overrides, "pipeline_seconds": pipeline["full"]["seconds"], "k": pipeline["chosen_k"],
-           "models": {}}
+    row = {
+        "label": label,
+        "overrides": overrides,
+        "pipeline_seconds": pipeline["full"]["seconds"],
+        "k": pipeline["chosen_k"],
+        "models": {},
+    }
     for model in ("base", "tweaked"):
         model_dir = repo / "models" / ("base" if model == "base" else "tcnn")
         for flip in (False, True):
@@ -160,10 +244,11 @@ def measure_row(args: argparse.Namespace, name: str) -> dict:
                 "ms_per_face": landmark_ms(repo, model_dir, flip),
             }
     for flip in (False, True):
-        key = "tweaked" + ("+tta" if flip else "")
-        row["models"][key]["e2e_val"] = end_to_end(args, repo, folder / f"e2e_val{'_tta' if flip else ''}", flip,
-                                                   repo / "data/crops/val.npz")
-        row["models"][key]["e2e_test"] = end_to_end(args, repo, folder / f"e2e_test{'_tta' if flip else ''}", flip, None)
+        key, suffix = "tweaked" + ("+tta" if flip else ""), "_tta" if flip else ""
+        row["models"][key]["e2e_val"] = end_to_end(
+            args, repo, folder / f"e2e_val{suffix}", flip, repo / "data/crops/val.npz"
+        )
+        row["models"][key]["e2e_test"] = end_to_end(args, repo, folder / f"e2e_test{suffix}", flip, None)
     cached.write_text(json.dumps(row, indent=2) + "\n")
     return row
 
@@ -180,41 +265,66 @@ def tweak_study(args: argparse.Namespace, name: str) -> list[dict]:
         metrics = json.loads((repo / "metrics.json").read_text())
         heads = json.loads((repo / "reports/finetune_heads.json").read_text())
         e2e = end_to_end(args, repo, args.out / name / f"e2e_tweak_{len(results)}", True, None)
-        results.append({
-            "setting": label, "e2e_test": e2e, "k": metrics["k"], "seconds": round(seconds, 1), "stages": stages,
-            "test_ratio_nme_io": metrics["tweaked"]["nme_io"] / metrics["base"]["nme_io"],
-            "test_ratio_nme_respaced": metrics["tweaked"]["nme_io_respaced"] / metrics["base"]["nme_io_respaced"],
-            "val_ratio_nme_respaced": metrics["val"]["tweaked"]["nme_io_respaced"] / metrics["val"]["base"]["nme_io_respaced"],
-            "test_f1_lips": {"base": metrics["base"]["f1_lips"], "tweaked": metrics["tweaked"]["f1_lips"]},
-            "heads_kept": sum(not head["fallback"] for head in heads["heads"]),
-            "head_val_gain": [round(head["head_val_nme"] / head["base_val_nme"], 4) for head in heads["heads"]],
-        })
+        results.append(
+            {
+                "setting": label,
+                "e2e_test": e2e,
+                "k": metrics["k"],
+                "seconds": round(seconds, 1),
+                "stages": stages,
+                "test_ratio_nme_io": metrics["tweaked"]["nme_io"] / metrics["base"]["nme_io"],
+                "test_ratio_nme_respaced": metrics["tweaked"]["nme_io_respaced"] / metrics["base"]["nme_io_respaced"],
+                "val_ratio_nme_respaced": (
+                    metrics["val"]["tweaked"]["nme_io_respaced"] / metrics["val"]["base"]["nme_io_respaced"]
+                ),
+                "test_f1_lips": {"base": metrics["base"]["f1_lips"], "tweaked": metrics["tweaked"]["f1_lips"]},
+                "heads_kept": sum(not head["fallback"] for head in heads["heads"]),
+                "head_val_gain": [round(head["head_val_nme"] / head["base_val_nme"], 4) for head in heads["heads"]],
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
     return results
 
 
 def markdown(rows: dict[str, dict], study: list[dict]) -> str:
-    lines = ["| lever | model | GT val lips | GT test lips | upper | lower | inner | NME_io | NME_io* | ms/face "
-             "| e2e val lips | e2e test lips | upper | lower | inner | pipeline s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| lever | model | GT val lips | GT test lips | upper | lower | inner | NME_io | NME_io* | ms/face "
+        "| e2e val lips | e2e test lips | upper | lower | inner | pipeline s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows.values():
         for key, model in row["models"].items():
             test, val = model["test"], model["val"]
             e2e_val, e2e_test = model.get("e2e_val"), model.get("e2e_test")
-            e2e = (f"{e2e_val['lips']:.3f} | {e2e_test['lips']:.3f} | {e2e_test['upper_lip']:.3f} | "
-                   f"{e2e_test['lower_lip']:.3f} | {e2e_test['inner_mouth']:.3f}") if e2e_test else "- | - | - | - | -"
-            lines.append(f"| {row['label']} | {key}{' K=' + str(row['k']) if key.startswith('tweaked') else ''} | "
-                         f"{val['lips']:.3f} | {test['lips']:.3f} | {test['upper_lip']:.3f} | {test['lower_lip']:.3f} | "
-                         f"{test['inner_mouth']:.3f} | {test['nme_io']:.4f} | {test['nme_io_respaced']:.4f} | "
-                         f"{model['ms_per_face']:.2f} | {e2e} | {row['pipeline_seconds']:.0f} |")
+            e2e = (
+                (
+                    f"{e2e_val['lips']:.3f} | {e2e_test['lips']:.3f} | {e2e_test['upper_lip']:.3f} | "
+                    f"{e2e_test['lower_lip']:.3f} | {e2e_test['inner_mouth']:.3f}"
+                )
+                if e2e_test
+                else "- | - | - | - | -"
+            )
+            lines.append(
+                f"| {row['label']} | {key}{' K=' + str(row['k']) if key.startswith('tweaked') else ''} | "
+                f"{val['lips']:.3f} | {test['lips']:.3f} | {test['upper_lip']:.3f} | "
+                f"{test['lower_lip']:.3f} | {test['inner_mouth']:.3f} | {test['nme_io']:.4f} | "
+                f"{test['nme_io_respaced']:.4f} | "
+                f"{model['ms_per_face']:.2f} | {e2e} | {row['pipeline_seconds']:.0f} |"
+            )
     if study:
-        lines += ["", "| tweak setting | K | tweaked/base NME_io* test | val | tweaked/base NME_io test | lips F1 base → tweaked "
-                  "| e2e test lips (tweaked+tta) | heads kept | rerun s |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| tweak setting | K | tweaked/base NME_io* test | val | tweaked/base NME_io test "
+            "| lips F1 base → tweaked | e2e test lips (tweaked+tta) | heads kept | rerun s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for item in study:
-            lines.append(f"| {item['setting']} | {item['k']} | {item['test_ratio_nme_respaced']:.3f} | "
-                         f"{item['val_ratio_nme_respaced']:.3f} | {item['test_ratio_nme_io']:.3f} | "
-                         f"{item['test_f1_lips']['base']:.3f} → {item['test_f1_lips']['tweaked']:.3f} | "
-                         f"{item['e2e_test']['lips']:.3f} | {item['heads_kept']}/{item['k']} | {item['seconds']:.0f} |")
+            lines.append(
+                f"| {item['setting']} | {item['k']} | {item['test_ratio_nme_respaced']:.3f} | "
+                f"{item['val_ratio_nme_respaced']:.3f} | {item['test_ratio_nme_io']:.3f} | "
+                f"{item['test_f1_lips']['base']:.3f} → {item['test_f1_lips']['tweaked']:.3f} | "
+                f"{item['e2e_test']['lips']:.3f} | {item['heads_kept']}/{item['k']} | {item['seconds']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -224,7 +334,9 @@ def main() -> None:
     parser.add_argument("--lipeval", type=Path, default=ROOT.parent / "shared" / "tools" / "lipeval.py")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ablation")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
-    parser.add_argument("--cascade-passes", type=int, default=3, help="lipseg predict --cascade-passes for the end-to-end runs")
+    parser.add_argument(
+        "--cascade-passes", type=int, default=3, help="lipseg predict --cascade-passes for the end-to-end runs"
+    )
     parser.add_argument("--force", action="store_true", help="re-measure rows that already have results")
     parser.add_argument("--tweak-study", metavar="ROW", default=None, help="also rerun the tweak stages of ROW's repo")
     args = parser.parse_args()

@@ -18,17 +18,21 @@ import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from lipseg.core.scratch import PROJECT_FOLDERS, dvc_repro, helen_scratch_repo, run_checked, scratch_env
+from lipseg.segmentation.compare import comparison_table
 
-from lipseg.devtools import PROJECT_FOLDERS, dvc_repro, helen_scratch_repo, run_checked, scratch_env  # noqa: E402
-from lipseg.segment import comparison_table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Helen photos are larger than the synthetic default's faces: a 96 px crop and more jittered copies and
 # epochs (about 10 minutes per architecture on 2 CPU cores).
-HELEN_SETTINGS = ["segment_crops.size=96", "segment_crops.copies=3", "train_segmenter.common.max_epochs=25",
-                  "train_segmenter.common.patience=6"]
+HELEN_SETTINGS = [
+    "segment_crops.size=96",
+    "segment_crops.copies=3",
+    "train_segmenter.common.max_epochs=25",
+    "train_segmenter.common.patience=6",
+]
 CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth", "mouth")
+# dlib HOG + 68 points, reference row: all 330 Helen-sample test photos end to end (as in bench/predict.py).
 DLIB_REFERENCE = {"lips": 0.803, "upper_lip": 0.763, "lower_lip": 0.780, "inner_mouth": 0.782, "mouth": 0.897}
 
 
@@ -39,9 +43,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="scratch repo location (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "segmenters")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
-    parser.add_argument("--reevaluate", action="store_true",
-                        help="keep the models trained in --workdir and rerun only the evaluate_segmenters script there, "
-                             "with this checkout's code (e.g. after a change to the evaluation)")
+    parser.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="keep the models trained in --workdir and rerun only the evaluate_segmenters script "
+        "there, with this checkout's code (e.g. after a change to the evaluation)",
+    )
     args = parser.parse_args()
     settings = HELEN_SETTINGS + args.set
     if args.reevaluate:
@@ -51,12 +58,17 @@ def main() -> None:
         for folder in PROJECT_FOLDERS:
             shutil.rmtree(repo / folder)
             shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        previous = json.loads((args.out / "segmenters.json").read_text()) if (args.out / "segmenters.json").is_file() else {}
+        previous_file = args.out / "segmenters.json"
+        previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
         stages, seconds = previous.get("stages", []), previous.get("seconds", float("nan"))
-        run_checked([sys.executable, "stages/evaluate_segmenters.py"], repo,
-                    {**env, "PYTHONPATH": str(repo / "src"), "LIPSEG_PIPELINE_ID": "reevaluate"})
+        run_checked(
+            [sys.executable, "stages/evaluate_segmenters.py"],
+            repo,
+            {**env, "PYTHONPATH": str(repo / "src"), "LIPSEG_PIPELINE_ID": "reevaluate"},
+        )
     else:
-        repo, env = helen_scratch_repo(args.helen, args.workdir.resolve() if args.workdir else None, settings, "lipseg-seg-")
+        workdir = args.workdir.resolve() if args.workdir else None
+        repo, env = helen_scratch_repo(args.helen, workdir, settings, "lipseg-seg-")
         print(f"dvc repro evaluate_segmenters on {args.helen} (scratch repo {repo}) ...", flush=True)
         stages, seconds = dvc_repro(repo, env, ("evaluate_segmenters",))
     metrics = json.loads((repo / "metrics_segmenters.json").read_text())
@@ -66,30 +78,67 @@ def main() -> None:
     if args.lipeval.is_file():
         for folder in sorted((repo / "reports/evaluate_segmenters/pred_test").iterdir()):
             report_path = repo / f"lipeval_{folder.name}.json"
-            run_checked([sys.executable, str(args.lipeval), "--gt", str(repo / "data/raw"), "--split", "test", "--pred", str(folder),
-                         "--json", str(report_path), "--quiet"], repo, env)
+            run_checked(
+                [
+                    sys.executable,
+                    str(args.lipeval),
+                    "--gt",
+                    str(repo / "data/raw"),
+                    "--split",
+                    "test",
+                    "--pred",
+                    str(folder),
+                    "--json",
+                    str(report_path),
+                    "--quiet",
+                ],
+                repo,
+                env,
+            )
             report = json.loads(report_path.read_text())
             ours = metrics["models"][folder.name.replace("_", " ") if folder.name == "tcnn_landmarks" else folder.name]
-            agreement[folder.name] = {c: {"lipeval": report["pooled"][c]["f1"], "lipseg": ours[f"f1_{c}"]} for c in CLASSES}
+            agreement[folder.name] = {
+                c: {"lipeval": report["pooled"][c]["f1"], "lipseg": ours[f"f1_{c}"]} for c in CLASSES
+            }
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(repo / "reports/evaluate_segmenters/models.png", args.out / "models.png")
     for curves in (repo / "reports/train_segmenter").glob("*/curves.png"):
         shutil.copy2(curves, args.out / f"curves_{curves.parent.name}.png")
-    max_difference = max((abs(v["lipeval"] - v["lipseg"]) for model in agreement.values() for v in model.values()), default=None)
-    result = {"dataset": str(args.helen), "settings": settings, "seconds": round(seconds, 1), "stages": stages,
-              "locator_spread": crops["locator"], "segment_crop_counts": crops["counts"], "metrics": metrics,
-              "lipeval_agreement": agreement, "lipeval_max_abs_difference": max_difference}
+    max_difference = max(
+        (abs(v["lipeval"] - v["lipseg"]) for model in agreement.values() for v in model.values()), default=None
+    )
+    result = {
+        "dataset": str(args.helen),
+        "settings": settings,
+        "seconds": round(seconds, 1),
+        "stages": stages,
+        "locator_spread": crops["locator"],
+        "segment_crop_counts": crops["counts"],
+        "metrics": metrics,
+        "lipeval_agreement": agreement,
+        "lipeval_max_abs_difference": max_difference,
+    }
     (args.out / "segmenters.json").write_text(json.dumps(result, indent=2) + "\n")
     table = comparison_table(metrics["models"])
-    dlib_row = "| dlib 68 (reference) | " + " | ".join(f"{DLIB_REFERENCE[c]:.3f}" for c in CLASSES) + " | - | - | - | - | - |"
+    dlib_row = (
+        "| dlib 68 (reference) | " + " | ".join(f"{DLIB_REFERENCE[c]:.3f}" for c in CLASSES) + " | - | - | - | - | - |"
+    )
     (args.out / "segmenters.md").write_text(table + "\n" + dlib_row + "\n")
     print(f"\n{len(stages)} stages in {seconds / 60:.1f} min: {', '.join(stages)}")
-    print(f"TCNN-located box vs ground truth on {crops['locator']['located']} validation faces: {crops['locator']['box_vs_ground_truth']}")
-    print(f"\ntest split, {metrics['test_images']} photos end to end ({metrics['no_face']} without a face), flip TTA {metrics['flip_tta']}")
+    print(
+        f"TCNN-located box vs ground truth on {crops['locator']['located']} validation faces: "
+        f"{crops['locator']['box_vs_ground_truth']}"
+    )
+    print(
+        f"\ntest split, {metrics['test_images']} photos end to end ({metrics['no_face']} without a face), "
+        f"flip TTA {metrics['flip_tta']}"
+    )
     print(table + "\n" + dlib_row)
     if agreement:
-        print(f"lipeval vs lipseg.metrics, largest F1 difference over all models and classes: {max_difference:.2e}")
-    print(f"best segmenter: {metrics['best_segmenter']}; wrote {args.out / 'segmenters.json'}, segmenters.md, models.png")
+        print(f"lipeval vs lipseg.evaluation, largest F1 difference over all models and classes: {max_difference:.2e}")
+    print(
+        f"best segmenter: {metrics['best_segmenter']}; wrote {args.out / 'segmenters.json'}, segmenters.md, models.png"
+    )
 
 
 if __name__ == "__main__":

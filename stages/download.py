@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from lipseg.datasets.sources import materialise
-from lipseg.io import atomic_directory, load_params
-from lipseg.tracking import stage_run
-
-RAW_DIR = Path("data/raw")
-CACHE_DIR = Path("data/cache")
+from lipseg.core import paths
+from lipseg.core.files import atomic_directory
+from lipseg.core.params import load_params
+from lipseg.core.tracking import stage_run
+from lipseg.data.sources import DataParams, materialise
 
 
 def main() -> None:
-    params = load_params("data")
-    with stage_run("download", params) as run:
-        with atomic_directory(RAW_DIR) as staging:
-            summary = materialise(params, staging, CACHE_DIR)
+    section = load_params("data")
+    params = DataParams.from_params(section, "data")
+    with stage_run("download", section) as run:
+        with atomic_directory(paths.RAW) as staging:
+            summary = materialise(params, staging, paths.DOWNLOAD_CACHE)
         run.log_numbers(summary)
         run.log_dict(summary, "download_summary.json")
     print(f"download: {summary}")

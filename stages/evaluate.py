@@ -2,45 +2,71 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from lipseg.crop import CropSet
-from lipseg.datasets.helen import load_split
-from lipseg.evaluation import (
-    ced_table, format_summary, ground_truth_for, overlay_tiles, per_cluster, score, score_metrics, write_prediction_files,
+from lipseg.core import paths
+from lipseg.core.files import (
+    atomic_directory,
+    write_json_atomic,
+    write_png_atomic,
+    write_text_atomic,
 )
-from lipseg.io import atomic_directory, load_npz, load_params, write_json_atomic, write_png_atomic, write_text_atomic
-from lipseg.masks import overlay_grid
-from lipseg.plots import ced_curves
-from lipseg.model_folder import load_model_folder, predict_crops
-from lipseg.tracking import stage_run
+from lipseg.core.params import Section, load_params, param
+from lipseg.core.tracking import stage_run
+from lipseg.data.crops import CropSet
+from lipseg.data.helen import load_split
+from lipseg.evaluation.overlays import overlay_grid
+from lipseg.evaluation.plots import ced_curves
+from lipseg.tcnn.model import load_tcnn
+from lipseg.tcnn.predict import predict_crops
+from lipseg.tcnn.scoring import (
+    ced_table,
+    format_summary,
+    ground_truth_for,
+    overlay_tiles,
+    per_cluster,
+    score,
+    score_metrics,
+    write_prediction_files,
+)
 
-RAW_DIR = Path("data/raw")
-CROPS_DIR = Path("data/crops")
-MODELS = {"base": Path("models/base"), "tweaked": Path("models/tcnn")}
-METRICS = Path("metrics.json")
-CED_CSV = Path("reports/evaluate_ced.csv")
-REPORT_DIR = Path("reports/evaluate")
+MODELS = {"base": paths.BASE_MODEL, "tweaked": paths.TCNN_MODEL}
+CED_CSV = paths.REPORTS / "evaluate_ced.csv"
+REPORT_DIR = paths.REPORTS / "evaluate"
+# The registered model is "models from code": MLflow runs this file (found, not imported: importing it registers it).
+PYFUNC = Path(importlib.util.find_spec("lipseg.inference.pyfunc").origin)
+
+
+@dataclass(frozen=True)
+class EvaluateParams(Section):
+    fail_threshold: float = param(0.10, low=0, low_open=True)  # NME_io above this counts as a failure (FR@0.1)
+    ced_max: float = param(0.15, low=0, low_open=True)
+    overlay_count: int = param(16, low=0)
+    flip_tta: bool = True  # average each crop's prediction with its mirror image's (as lipseg predict)
+    register_model: bool = True  # register the tweaked model as lipseg-tcnn in the MLflow registry
 
 
 def main() -> None:
-    params = load_params("evaluate")
-    test = CropSet.from_arrays(load_npz(CROPS_DIR / "test.npz"))
-    val = CropSet.from_arrays(load_npz(CROPS_DIR / "val.npz"))
-    records = {record.name: record for record in load_split(RAW_DIR, "test")[0]}
+    section = load_params("evaluate")
+    params = EvaluateParams.from_params(section, "evaluate")
+    test = CropSet.load(paths.CROPS / "test.npz")
+    val = CropSet.load(paths.CROPS / "val.npz")
+    records = {record.name: record for record in load_split(paths.RAW, "test")[0]}
     truth = ground_truth_for(test, records)
-    val_truth = ground_truth_for(val, {record.name: record for record in load_split(RAW_DIR, "train")[0]})
-    flip_average, fail_threshold = bool(params["flip_tta"]), float(params["fail_threshold"])
-    with stage_run("evaluate", params) as run:
+    val_truth = ground_truth_for(val, {record.name: record for record in load_split(paths.RAW, "train")[0]})
+    with stage_run("evaluate", section) as run:
         scores, val_scores, meta, crop_predictions = {}, {}, {}, {}
         for label, folder in MODELS.items():
-            model, _, meta[label] = load_model_folder(folder)
-            crop_predictions[label] = predict_crops(model, test.images, flip_average=flip_average)
-            scores[label] = score(crop_predictions[label], test, truth, fail_threshold)
+            model, _, meta[label] = load_tcnn(folder)
+            crop_predictions[label] = predict_crops(model, test.images, flip_average=params.flip_tta)
+            scores[label] = score(crop_predictions[label], test, truth, params.fail_threshold)
             # The validation split (carved from train) is what settings are chosen on; test is only reported.
-            val_scores[label] = score(predict_crops(model, val.images, flip_average=flip_average), val, val_truth, fail_threshold)
-        thresholds, curves = ced_table(scores, float(params["ced_max"]))
+            val_predictions = predict_crops(model, val.images, flip_average=params.flip_tta)
+            val_scores[label] = score(val_predictions, val, val_truth, params.fail_threshold)
+        thresholds, curves = ced_table(scores, params.ced_max)
         metrics = {label: score_metrics(model_score) for label, model_score in scores.items()}
         metrics["val"] = {label: score_metrics(model_score) for label, model_score in val_scores.items()}
         metrics["val"]["images"] = len(val)
@@ -49,28 +75,40 @@ def main() -> None:
         metrics["crops_from"] = "ground-truth landmarks"
         metrics["tweaked_vs_base_nme_io"] = metrics["tweaked"]["nme_io"] / metrics["base"]["nme_io"]
         metrics["per_cluster"] = per_cluster(scores["base"], scores["tweaked"])
-        write_json_atomic(METRICS, metrics)
-        write_text_atomic(CED_CSV, "threshold," + ",".join(curves) + "\n" + "".join(
-            f"{t:.4f}," + ",".join(f"{curves[label][i]:.4f}" for label in curves) + "\n" for i, t in enumerate(thresholds)))
+        write_json_atomic(paths.METRICS, metrics)
+        write_text_atomic(
+            CED_CSV,
+            "threshold,"
+            + ",".join(curves)
+            + "\n"
+            + "".join(
+                f"{t:.4f}," + ",".join(f"{curves[label][i]:.4f}" for label in curves) + "\n"
+                for i, t in enumerate(thresholds)
+            ),
+        )
         with atomic_directory(REPORT_DIR) as staging:
             for label, model_score in scores.items():
                 write_prediction_files(staging / "pred_test" / label, test, model_score)
                 write_json_atomic(staging / f"report_{label}.json", model_score.summary)
             ced_curves(thresholds, curves, staging / "ced.png", "NME (inter-ocular)")
             # The crop stage's pixel limit (crop.max_pixels): these photos passed it there.
-            max_pixels = int(json.loads((CROPS_DIR / "manifest.json").read_text(encoding="utf-8"))["max_pixels"])
-            tiles, captions = overlay_tiles(test, records, scores, int(params["overlay_count"]), max_pixels)
+            max_pixels = int(json.loads((paths.CROPS / "manifest.json").read_text(encoding="utf-8"))["max_pixels"])
+            tiles, captions = overlay_tiles(test, records, scores, params.overlay_count, max_pixels)
             write_png_atomic(staging / "overlays.png", overlay_grid(tiles, columns=6, tile_size=160, captions=captions))
         for label in scores:
             run.log_metrics({f"{label}.{key}": value for key, value in metrics[label].items()}, to_parent=True)
-            run.log_metrics({f"val.{label}.{key}": value for key, value in metrics["val"][label].items()}, to_parent=True)
+            run.log_metrics(
+                {f"val.{label}.{key}": value for key, value in metrics["val"][label].items()}, to_parent=True
+            )
         run.log_metrics({"tweaked_vs_base_nme_io": metrics["tweaked_vs_base_nme_io"]}, to_parent=True)
-        run.log_artifact(METRICS)
+        run.log_artifact(paths.METRICS)
         run.log_artifact(REPORT_DIR / "ced.png")
         run.log_artifact(REPORT_DIR / "overlays.png")
-        if params["register_model"]:
+        if params.register_model:
             example = test.images[: min(4, len(test))]
-            version = run.register_tcnn(MODELS["tweaked"], example, crop_predictions["tweaked"].lips[: len(example)])
+            version = run.register_model(
+                MODELS["tweaked"], PYFUNC, example, crop_predictions["tweaked"].lips[: len(example)]
+            )
             print(f"evaluate: registered lipseg-tcnn version {version} (alias champion)")
     print(format_summary(metrics))
 

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
-from lipseg.crop import CropSet
-from lipseg.heads import trunk_and_fc5
-from lipseg.io import load_npz, load_params, write_npz_atomic
-from lipseg.model_folder import load_model_folder
-from lipseg.tracking import stage_run
+from lipseg.core import paths
+from lipseg.core.files import write_npz_atomic
+from lipseg.core.params import Section, load_params, param
+from lipseg.core.tracking import stage_run
+from lipseg.data.crops import CropSet
+from lipseg.tcnn.model import load_tcnn
+from lipseg.tcnn.predict import trunk_and_fc5
 
-CROPS_DIR = Path("data/crops")
-MODEL_DIR = Path("models/base")
-FEATURES = Path("data/features/train_fc5.npz")
+
+@dataclass(frozen=True)
+class ExtractFeaturesParams(Section):
+    batch_size: int = param(512, low=1)
 
 
 def main() -> None:
-    params = load_params("extract_features")
-    with stage_run("extract_features", params) as run:
-        model, _, _ = load_model_folder(MODEL_DIR)
-        train = CropSet.from_arrays(load_npz(CROPS_DIR / "train.npz"))
-        _, features = trunk_and_fc5(model, train.images, batch_size=int(params["batch_size"]))
-        write_npz_atomic(FEATURES, fc5=features, names=train.names, copy_index=train.copy_index)
-        run.log_metrics({"crops": len(features), "dimensions": features.shape[1], "mean_activation": float(features.mean())})
+    section = load_params("extract_features")
+    params = ExtractFeaturesParams.from_params(section, "extract_features")
+    with stage_run("extract_features", section) as run:
+        model, _, _ = load_tcnn(paths.BASE_MODEL)
+        train = CropSet.load(paths.CROPS / "train.npz")
+        _, features = trunk_and_fc5(model, train.images, batch_size=params.batch_size)
+        write_npz_atomic(paths.FEATURES, fc5=features, names=train.names, copy_index=train.copy_index)
+        run.log_metrics(
+            {"crops": len(features), "dimensions": features.shape[1], "mean_activation": float(features.mean())}
+        )
     print(f"extract_features: {features.shape} FC5 features")
 
 

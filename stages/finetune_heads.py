@@ -2,63 +2,88 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from pathlib import Path
-
 import numpy as np
 
-from lipseg.crop import CropSet
-from lipseg.gmm import load_gmm
-from lipseg.heads import HeadsConfig, finetune_heads, head_weight_distances
-from lipseg.io import atomic_directory, load_npz, load_params, write_json_atomic
-from lipseg.model_folder import load_model_folder, save_model_folder
-from lipseg.tracking import stage_run
-from lipseg.train import set_determinism
+from lipseg.core import paths
+from lipseg.core.files import atomic_directory, write_json_atomic
+from lipseg.core.params import load_params
+from lipseg.core.runtime import set_determinism
+from lipseg.core.tracking import stage_run
+from lipseg.data.crops import CropSet
+from lipseg.tcnn.gmm import load_gmm
+from lipseg.tcnn.heads import HeadsConfig, finetune_heads, head_weight_distances
+from lipseg.tcnn.model import load_tcnn
 
-CROPS_DIR = Path("data/crops")
-BASE_DIR = Path("models/base")
-GMM_FILE = Path("models/gmm/gmm.npz")
-MODEL_DIR = Path("models/tcnn")
-CHECKPOINT_DIR = Path("checkpoints/finetune_heads")
-REPORT = Path("reports/finetune_heads.json")
+CHECKPOINT_DIR = paths.CHECKPOINTS / "finetune_heads"
+REPORT = paths.REPORTS / "finetune_heads.json"
 
 
 def main() -> None:
-    params = load_params("heads")
-    config = HeadsConfig(**{key: params[key] for key in HeadsConfig.__dataclass_fields__})
+    section = load_params("heads")
+    config = HeadsConfig.from_params(section, "heads")
     set_determinism(config.seed)
-    base, geometry, base_meta = load_model_folder(BASE_DIR)
-    mixture = load_gmm(GMM_FILE)
-    train = CropSet.from_arrays(load_npz(CROPS_DIR / "train.npz"))
-    val = CropSet.from_arrays(load_npz(CROPS_DIR / "val.npz"))
-    with stage_run("finetune_heads", params) as run:
-        tweaked, reports = finetune_heads(base, mixture, train.images, train.lips, val.images, val.lips, config, CHECKPOINT_DIR,
-                                          train_sources=train.names, train_copy_index=train.copy_index)
+    base, geometry, base_meta = load_tcnn(paths.BASE_MODEL)
+    mixture = load_gmm(paths.GMM)
+    train = CropSet.load(paths.CROPS / "train.npz")
+    val = CropSet.load(paths.CROPS / "val.npz")
+    with stage_run("finetune_heads", section) as run:
+        tweaked, reports = finetune_heads(
+            base,
+            mixture,
+            train.images,
+            train.lips,
+            val.images,
+            val.lips,
+            config,
+            CHECKPOINT_DIR,
+            train_sources=train.names,
+            train_copy_index=train.copy_index,
+        )
         distances = head_weight_distances(tweaked)
         for report in reports:
             with run.child(f"head_{report.cluster}", {"cluster": report.cluster, "lr": config.lr}) as child:
-                child.log_history([asdict(record) for record in report.history], ("train_loss", "val_loss", "val_nme"))
-                child.set_tags({"fallback_to_base_head": report.fallback, "fallback_reason": report.fallback_reason, "val_scope": report.val_scope})
+                child.log_history(report.history, ("train_loss", "val_loss", "val_nme"))
+                child.set_tags(
+                    {
+                        "fallback_to_base_head": report.fallback,
+                        "fallback_reason": report.fallback_reason,
+                        "val_scope": report.val_scope,
+                    }
+                )
                 child.log_numbers(report.as_dict())
         fallbacks = [report.cluster for report in reports if report.fallback]
-        with atomic_directory(MODEL_DIR) as staging:
-            save_model_folder(staging, tweaked, geometry, extra={
-                "fallback_clusters": fallbacks, "box_source": base_meta["box_source"], "face_to_mouth": base_meta["face_to_mouth"],
-            })
+        with atomic_directory(paths.TCNN_MODEL) as staging:
+            tweaked.save(
+                staging,
+                geometry.to_dict(),
+                extra={
+                    "fallback_clusters": fallbacks,
+                    "box_source": base_meta["box_source"],
+                    "face_to_mouth": base_meta["face_to_mouth"],
+                },
+            )
         summary = {
-            "k": len(reports), "fallback_clusters": fallbacks,
+            "k": len(reports),
+            "fallback_clusters": fallbacks,
             "heads": [report.as_dict() for report in reports],
             "head_weight_distances": distances.round(6).tolist(),
         }
         write_json_atomic(REPORT, summary)
         run.set_tags({"fallback_clusters": fallbacks})
         off_diagonal = distances[~np.eye(len(reports), dtype=bool)]
-        run.log_metrics({"fallback_heads": len(fallbacks), "min_head_distance": float(off_diagonal.min()) if off_diagonal.size else 0.0})
+        run.log_metrics(
+            {
+                "fallback_heads": len(fallbacks),
+                "min_head_distance": float(off_diagonal.min()) if off_diagonal.size else 0.0,
+            }
+        )
         run.log_artifact(REPORT)
     for report in reports:
         state = f"val NME {report.base_val_nme:.4f} -> {report.head_val_nme:.4f}"
         if report.fallback:
-            state = f"base head kept ({report.fallback_reason}" + (f"; {state})" if report.fallback_reason != "small cluster" else ")")
+            state = f"base head kept ({report.fallback_reason}" + (
+                f"; {state})" if report.fallback_reason != "small cluster" else ")"
+            )
         resumed = f" (resumed after epoch {report.resumed_from_epoch})" if report.resumed_from_epoch else ""
         print(f"finetune_heads: head {report.cluster}: {report.train_size} train crops, {state}{resumed}")
 

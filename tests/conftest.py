@@ -35,7 +35,7 @@ def helen_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lipseg.datasets.synthetic import generate_synthetic_dataset
+    from lipseg.data.synthetic import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     generate_synthetic_dataset(root, n_train=30, n_test=10, image_size=128, seed=7, progress=False)
@@ -59,13 +59,17 @@ def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: P
     import numpy as np
     import torch
 
-    from lipseg.crop import CropGeometry, FaceToMouth, make_crops, normalisation_images
-    from lipseg.datasets.helen import load_split
-    from lipseg.gmm import GMMConfig, fit_gmm
-    from lipseg.heads import HeadsConfig, finetune_heads, trunk_and_fc5
-    from lipseg.model import TCNNConfig, VanillaTCNN, images_to_tensor
-    from lipseg.model_folder import save_model_folder
-    from lipseg.train import FitConfig, fit, set_determinism
+    from lipseg.core.fit import FitConfig, fit
+    from lipseg.core.runtime import set_determinism
+    from lipseg.data.crops import images_to_tensor, normalisation_images
+    from lipseg.data.geometry import CropGeometry, FaceToMouth
+    from lipseg.data.helen import load_split
+    from lipseg.tcnn.crops import make_crops
+    from lipseg.tcnn.gmm import GMMConfig, fit_gmm
+    from lipseg.tcnn.heads import HeadsConfig, finetune_heads
+    from lipseg.tcnn.model import TCNNConfig, VanillaTCNN
+    from lipseg.tcnn.predict import trunk_and_fc5
+    from lipseg.tcnn.training import LandmarkTask
 
     set_determinism(0)
     records, _ = load_split(synthetic_dir, "train")
@@ -74,14 +78,29 @@ def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: P
     model = VanillaTCNN(TCNNConfig(conv_channels=[8, 16, 16, 16], fc5=32))
     model.normaliser.set_images(*normalisation_images(crops.images))
     inputs, targets = images_to_tensor(crops.images), torch.from_numpy(crops.lips)
-    fit(model, inputs, targets, inputs[:8], targets[:8], FitConfig(lr=3e-3, batch_size=16, max_epochs=15, patience=15), progress=False)
+    fit(
+        model,
+        inputs,
+        targets,
+        LandmarkTask("mse", inputs[:8], targets[:8]),
+        FitConfig(lr=3e-3, batch_size=16, max_epochs=15, patience=15),
+        progress=False,
+    )
     _, features = trunk_and_fc5(model, crops.images)
     mixture, _ = fit_gmm(features, GMMConfig(k=2, n_init=1))
-    tweaked, _ = finetune_heads(model, mixture, crops.images, crops.lips, crops.images, crops.lips,
-                                HeadsConfig(epochs=1, min_cluster_size=1), progress=False)
+    tweaked, _ = finetune_heads(
+        model,
+        mixture,
+        crops.images,
+        crops.lips,
+        crops.images,
+        crops.lips,
+        HeadsConfig(epochs=1, min_cluster_size=1),
+        progress=False,
+    )
     folder = tmp_path_factory.mktemp("model") / "tcnn"
     face_to_mouth = FaceToMouth(dx=0.0, dy=0.27, scale=0.62, samples=0)
-    save_model_folder(folder, tweaked, geometry, extra={"box_source": "gt", "face_to_mouth": face_to_mouth.to_dict()})
+    tweaked.save(folder, geometry.to_dict(), extra={"box_source": "gt", "face_to_mouth": face_to_mouth.to_dict()})
     assert np.isfinite(features).all()
     return folder
 

@@ -1,0 +1,138 @@
+"""The one model-folder format, for every model the project trains: weights in safetensors and a JSON
+file with the schema, the model family, its config, the crop geometry and whatever the trainer adds
+(training data, validation figures, ...). Nothing is pickled, and the folder alone rebuilds the model.
+
+`SavableModel` is the base class of every saved network; each family says how its config and extra
+fields become a module (`from_folder_meta`). This module knows no family: a loader names the class it
+expects, and a folder of another family is a `ModelFolderError` that says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lipseg import __version__
+from lipseg.core.files import write_json_atomic
+
+SCHEMA = "lipseg-model/2"
+# Earlier folders: one schema per family, the segmenter's metadata in a file of its own.
+LEGACY_SCHEMAS = {"lipseg-tcnn/1": "tcnn", "lipseg-segmenter/1": "segmenter"}
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "lipseg_model.json"
+LEGACY_META_FILES = ("lipseg_segmenter.json",)
+
+
+class ModelFolderError(RuntimeError):
+    """A model folder that is missing, incomplete, damaged, of an unknown schema or of another family;
+    the message names the folder (or file) and the problem."""
+
+
+class SavableModel(nn.Module):
+    """A network that lives in a model folder. Subclasses set `family`, keep their config dataclass in
+    `self.config` (with `to_dict`) and rebuild themselves from the folder's metadata."""
+
+    family: ClassVar[str] = ""
+
+    def folder_meta(self) -> dict[str, Any]:
+        """Family fields written beside the config (e.g. the TCNN's kind and head count)."""
+        return {}
+
+    @classmethod
+    def from_folder_meta(cls, meta: dict[str, Any]) -> SavableModel:
+        """An untrained module shaped as the folder's metadata says (weights are loaded afterwards)."""
+        raise NotImplementedError
+
+    def save(self, folder: Path, geometry: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        save_model_folder(folder, self, geometry, extra)
+
+    @classmethod
+    def load(cls, folder: Path) -> tuple[Self, dict[str, Any]]:
+        return load_model_folder(folder, cls)
+
+
+def save_model_folder(
+    folder: Path, model: SavableModel, geometry: dict[str, Any], extra: dict[str, Any] | None = None
+) -> None:
+    """Write weights and metadata into `folder` (the caller stages the folder itself, lipseg.core.files)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    # One metadata key: safetensors writes the metadata from a hash map, so two keys come out in either order
+    # and identical weights would give different bytes (and DVC hashes) from run to run.
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"schema": f"{SCHEMA} {model.family}"})
+    write_json_atomic(
+        folder / META_FILE,
+        {
+            "schema": SCHEMA,
+            "family": model.family,
+            "lipseg_version": __version__,
+            "config": model.config.to_dict(),
+            "geometry": dict(geometry),
+            **model.folder_meta(),
+            **(extra or {}),
+        },
+    )
+
+
+def read_model_meta(folder: Path) -> dict[str, Any]:
+    """The folder's metadata, checked to be a known schema; `family` is filled in for legacy folders."""
+    folder = Path(folder)
+    meta_path = next((folder / name for name in (META_FILE, *LEGACY_META_FILES) if (folder / name).is_file()), None)
+    if meta_path is None:
+        reason = "no such folder" if not folder.is_dir() else f"no {META_FILE}"
+        raise ModelFolderError(f"{folder} is not a lipseg model folder ({reason})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"{meta_path}: not readable JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}")
+    schema = meta.get("schema")
+    if schema in LEGACY_SCHEMAS:
+        meta["family"] = LEGACY_SCHEMAS[schema]
+    elif schema != SCHEMA:
+        raise ModelFolderError(
+            f"{meta_path}: unknown model schema {schema!r}; this lipseg ({__version__}) reads "
+            f"{(SCHEMA, *LEGACY_SCHEMAS)}"
+        )
+    for key in ("config", "geometry"):
+        if not isinstance(meta.get(key), dict):
+            raise ModelFolderError(f"{meta_path}: the {key!r} entry is missing or not an object")
+    return meta
+
+
+def load_model_folder(folder: Path, expected: type[SavableModel]) -> tuple[Any, dict[str, Any]]:
+    """(model in eval mode, metadata) of a folder holding an `expected`-family model."""
+    folder = Path(folder)
+    meta = read_model_meta(folder)
+    if meta.get("family") != expected.family:
+        raise ModelFolderError(f"{folder} holds a {meta.get('family')!r} model, not a {expected.family!r} one")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelFolderError(f"{folder}: {WEIGHTS_FILE} is missing")
+    try:
+        model = expected.from_folder_meta(meta)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelFolderError(f"{folder / META_FILE}: cannot build the model from its config ({error!r})") from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFolderError(f"{weights}: not readable safetensors weights ({error})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        summary = str(error).splitlines()[0] if str(error) else repr(error)
+        raise ModelFolderError(
+            f"{weights}: the weights do not fit the model its metadata describes ({summary})"
+        ) from None
+    return model.eval(), meta
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in module.parameters())

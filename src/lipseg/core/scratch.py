@@ -1,0 +1,122 @@
+"""Scratch copies of the pipeline for tests and benchmarks: a throwaway git + DVC repo holding this
+project's dvc.yaml, params.yaml, stages/ and src/, so experiments never touch the user's workspace."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore")
+PROJECT_FOLDERS = ("stages", "src")
+
+
+def deep_update(target: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            deep_update(target.setdefault(key, {}), value)
+        else:
+            target[key] = value
+    return target
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`a.b.c=VALUE` strings (VALUE parsed as YAML) -> a nested params dict for deep_update/set_params."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        *parents, leaf = key.split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return overrides
+
+
+def set_params(repo: Path, changes: dict[str, Any]) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(deep_update(params, changes), sort_keys=False), encoding="utf-8")
+
+
+def run_checked(command: list[str], repo: Path, env: dict[str, str], timeout: float = 3600) -> str:
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
+    return done.stdout + done.stderr
+
+
+def scratch_env() -> dict[str, str]:
+    """This interpreter's tools first on PATH (DVC runs `python stages/...`), the default MLflow store."""
+    env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "LIPSEG_PIPELINE_ID")}
+    env.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "GIT_AUTHOR_NAME": "lipseg",
+            "GIT_AUTHOR_EMAIL": "lipseg@localhost",
+            "GIT_COMMITTER_NAME": "lipseg",
+            "GIT_COMMITTER_EMAIL": "lipseg@localhost",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DVC_NO_ANALYTICS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def make_scratch_repo(repo: Path, project_root: Path, params: dict[str, Any] | None = None) -> dict[str, str]:
+    """Copy the pipeline into `repo`, apply `params` changes, `git init` + `dvc init`; return the env."""
+    repo.mkdir(parents=True, exist_ok=True)
+    for item in PROJECT_FILES:
+        shutil.copy2(project_root / item, repo / item)
+    for folder in PROJECT_FOLDERS:
+        shutil.copytree(
+            project_root / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    if params:
+        set_params(repo, params)
+    env = scratch_env()
+    run_checked(["git", "init", "-q"], repo, env)
+    dvc = [sys.executable, "-m", "dvc"]
+    run_checked([*dvc, "init", "-q"], repo, env)
+    run_checked([*dvc, "config", "core.analytics", "false"], repo, env)
+    run_checked([*dvc, "config", "core.check_update", "false"], repo, env)
+    run_checked(["git", "add", "-A"], repo, env)
+    run_checked(["git", "commit", "-qm", "scratch pipeline"], repo, env)
+    return env
+
+
+def dvc_repro(repo: Path, env: dict[str, str], targets: tuple[str, ...] = ()) -> tuple[list[str], float]:
+    """(stages DVC reports as run, in order; wall seconds) of one `dvc repro [targets]` (all stages when
+    no target is given; a target also runs the stages it depends on)."""
+    started = time.perf_counter()
+    output = run_checked([sys.executable, "-m", "dvc", "repro", *targets], repo, env)
+    return re.findall(r"Running stage '([a-z_@0-9]+)'", output), time.perf_counter() - started
+
+
+def helen_scratch_repo(
+    helen: Path, workdir: Path | None, settings: list[str], prefix: str = "lipseg-bench-"
+) -> tuple[Path, dict[str, str]]:
+    """A fresh scratch repo (`workdir`/repo, or under a temp dir) whose pipeline reads the Helen-layout
+    folder `helen`, with `KEY=VALUE` settings on top of params.yaml: what the benchmarks run in."""
+    import tempfile
+
+    if not (helen / "annotation").is_dir():
+        raise SystemExit(f"Helen-layout folder not found: {helen}")
+    repo = (workdir or Path(tempfile.mkdtemp(prefix=prefix))).resolve() / "repo"  # commands run inside it
+    if repo.exists():
+        shutil.rmtree(repo)
+    overrides = deep_update(
+        {"data": {"source": "helen", "helen_path": str(helen.resolve())}}, parse_overrides(settings)
+    )
+    return repo, make_scratch_repo(repo, Path(__file__).resolve().parents[3], overrides)

@@ -1,0 +1,24 @@
+"""Flip test-time averaging: a prediction averaged with the prediction on the mirror image, mirrored back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+Batch = TypeVar("Batch", np.ndarray, torch.Tensor)
+
+
+def mirrored(batch: Batch) -> Batch:
+    """The batch's images mirrored left to right (along the last axis: width in (B, C, H, W))."""
+    if isinstance(batch, torch.Tensor):
+        return torch.flip(batch, dims=[batch.dim() - 1])
+    return batch[..., ::-1]
+
+
+def average_with_mirror(plain: Batch, on_mirrored: Batch, mirror_back: Callable[[Batch], Batch]) -> Batch:
+    """(plain + mirror_back(on_mirrored)) / 2: `on_mirrored` is the output for the mirrored input, and
+    `mirror_back` maps it into the plain image's frame (reversed x for points, flipped maps for masks)."""
+    return (plain + mirror_back(on_mirrored)) / 2.0

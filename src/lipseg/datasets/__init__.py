@@ -1,1 +1,0 @@
-"""Dataset readers and generators. Each produces the Helen folder layout or reads it into `Record`s."""

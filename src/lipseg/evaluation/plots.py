@@ -1,0 +1,64 @@
+"""Figures for people: training curves, the BIC curve, CED curves (PNG, for reports and MLflow)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from lipseg.core.files import write_bytes_atomic
+
+
+def _save(figure: plt.Figure, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def training_curves(
+    history: Sequence[dict],
+    path: Path,
+    title: str,
+    metric_key: str = "val_nme",
+    metric_label: str = "NME (mouth width)",
+    loss_label: str = "loss (MSE / mouth width²)",
+) -> None:
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train")
+    loss_axis.plot(epochs, [row["val_loss"] for row in history], label="validation")
+    loss_axis.set(xlabel="epoch", ylabel=loss_label, yscale="log", title="loss")
+    loss_axis.legend()
+    metric_axis.plot(epochs, [row[metric_key] for row in history], color="tab:green")
+    metric_axis.set(xlabel="epoch", ylabel=metric_label, title=f"validation {metric_label}")
+    figure.suptitle(title)
+    _save(figure, path)
+
+
+def bic_curve(table: Sequence[dict], chosen_k: int, path: Path) -> None:
+    ks = [row["k"] for row in table]
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    axis.plot(ks, [row["bic"] for row in table], marker="o")
+    axis.axvline(chosen_k, color="tab:red", linestyle="--", label=f"chosen K = {chosen_k}")
+    axis.set(xlabel="K (components)", ylabel="BIC (lower is better)", title="GMM model selection on FC5 features")
+    axis.set_xticks(ks)
+    axis.legend()
+    _save(figure, path)
+
+
+def ced_curves(thresholds: np.ndarray, curves: dict[str, np.ndarray], path: Path, xlabel: str) -> None:
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for label, fractions in curves.items():
+        axis.plot(thresholds, fractions, label=label)
+    axis.set(xlabel=xlabel, ylabel="fraction of test images", ylim=(0, 1.01), title="Cumulative error distribution")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    _save(figure, path)

@@ -1,0 +1,105 @@
+"""Segmenting the mouths of a photo: each face's crop placed on its TCNN lips, class probabilities from
+the net (optionally flip-averaged), and the probabilities pasted back into a photo-sized label mask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from lipseg.core.runtime import set_threads
+from lipseg.core.tta import average_with_mirror, mirrored
+from lipseg.data.crops import images_to_tensor
+from lipseg.data.geometry import (
+    apply_affine,
+    crop_pixel_transform,
+    image_to_crop_transform,
+    warp_crop,
+)
+from lipseg.data.labels import BACKGROUND, NUM_CLASSES
+from lipseg.segmentation.model import SegmenterNet, load_segmenter
+
+
+@torch.no_grad()
+def crop_probabilities(
+    model: SegmenterNet, crops: np.ndarray, flip_average: bool = False, batch_size: int = 64
+) -> np.ndarray:
+    """(F, S, S, 3) uint8 crops -> (F, 4, S, S) float32 class probabilities (flip TTA averages the
+    mirrored crop's, mirrored back)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(crops), batch_size):
+        batch = images_to_tensor(crops[start : start + batch_size]).to(device)
+        probabilities = model(batch).softmax(dim=1)
+        if flip_average:
+            probabilities = average_with_mirror(probabilities, model(mirrored(batch)).softmax(dim=1), mirrored)
+        out.append(probabilities.float().cpu().numpy())
+    size = model.config.input_size
+    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES, size, size), np.float32)
+
+
+def paste_probabilities(probabilities: np.ndarray, transforms: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Label mask (H, W) uint8 of the photo from per-face crop probabilities.
+
+    Each class channel is warped into the image (image pixel centre -> crop pixel centre, bilinear),
+    background is certain outside the crop, and the argmax is taken at image resolution. Where two
+    faces' crops overlap, the face more sure that the pixel is mouth wins it."""
+    mask = np.zeros((height, width), np.uint8)
+    mouth_best = np.zeros((height, width), np.float32)  # 1 - P(background) of the face owning each pixel
+    for face_probabilities, transform in zip(probabilities, transforms):
+        size = face_probabilities.shape[-1]
+        pixel = crop_pixel_transform(transform, size)
+        corners = apply_affine(
+            cv2.invertAffineTransform(pixel),
+            np.array([[-0.5, -0.5], [size - 0.5, -0.5], [size - 0.5, size - 0.5], [-0.5, size - 0.5]]),
+        )
+        x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, [width, height])
+        if x1 <= x0 or y1 <= y0:
+            continue
+        region = pixel.copy()
+        region[:, 2] += pixel[:, :2] @ np.array([x0, y0], np.float64)  # region pixel (0, 0) is image pixel (x0, y0)
+        channels = []
+        for index, channel in enumerate(face_probabilities):
+            channels.append(
+                cv2.warpAffine(
+                    channel,
+                    region,
+                    (int(x1 - x0), int(y1 - y0)),
+                    flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                    borderMode=cv2.BORDER_CONSTANT,
+                    borderValue=1.0 if index == BACKGROUND else 0.0,
+                )
+            )
+        warped = np.stack(channels)  # (4, h, w)
+        labels = warped.argmax(axis=0).astype(np.uint8)
+        sureness = 1.0 - warped[BACKGROUND]
+        window_best, window_mask = mouth_best[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+        wins = sureness > window_best
+        window_mask[wins], window_best[wins] = labels[wins], sureness[wins]
+    return mask
+
+
+class SegmenterRunner:
+    """A segmenter folder ready for photos: the TCNN lips give each face's crop, the net labels it."""
+
+    def __init__(self, folder: Path, flip_average: bool = False, threads: int | None = None):
+        set_threads(threads or 0)
+        self.model, self.geometry, self.meta = load_segmenter(folder)
+        self.folder, self.flip_average = Path(folder), flip_average
+
+    def transforms(self, faces_lips: list[np.ndarray]) -> np.ndarray:
+        return np.array([image_to_crop_transform(*self.geometry.box(lips)) for lips in faces_lips], np.float64).reshape(
+            -1, 2, 3
+        )
+
+    def label_mask(self, image: np.ndarray, faces_lips: list[np.ndarray]) -> np.ndarray:
+        height, width = image.shape[:2]
+        if not len(faces_lips):
+            return np.zeros((height, width), np.uint8)
+        transforms = self.transforms(faces_lips)
+        crops = np.stack([warp_crop(image, transform, self.geometry.size) for transform in transforms])
+        return paste_probabilities(crop_probabilities(self.model, crops, self.flip_average), transforms, height, width)

@@ -1,0 +1,304 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lipseg.data.helen import load_split
+from lipseg.inference.cli import main
+from lipseg.inference.outputs import OutsideOutError, collect_inputs, safe_output
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path, synthetic_dir: Path) -> Path:
+    """Synthetic photos (upscaled so dlib's HOG finds the faces), a nested one, a blank one and a broken one."""
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    records, _ = load_split(synthetic_dir, "test")
+    for index, record in enumerate(records[:3]):
+        image = cv2.resize(cv2.imread(str(record.image_path)), (320, 320), interpolation=cv2.INTER_CUBIC)
+        target = folder / ("nested" if index == 2 else "") / f"{record.name}.jpg"
+        cv2.imwrite(str(target), image)
+    cv2.imwrite(str(folder / "blank.png"), np.full((200, 300, 3), 127, np.uint8))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_predict_writes_json_mask_overlay_and_reports_failures(
+    photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    code = main(["predict", str(photo_folder), "--out", str(out), "--model", str(tiny_model_folder), "--quiet"])
+    assert code == 1  # broken.jpg failed, the others were still processed
+    stderr = capsys.readouterr().err
+    assert "broken.jpg" in stderr and "4 images" in stderr and "1 failed" in stderr
+    jsons = sorted(out.rglob("*.json"))
+    assert len(jsons) == 4
+    assert (out / "nested").is_dir()
+    blank = json.loads((out / "blank.json").read_text())
+    assert blank["faces"] == []
+    assert cv2.imread(str(out / "blank.png"), cv2.IMREAD_UNCHANGED).max() == 0
+    with_faces = [json.loads(p.read_text()) for p in jsons if p.name != "blank.json"]
+    assert sum(len(payload["faces"]) for payload in with_faces) >= 2
+    for path in jsons:
+        payload = json.loads(path.read_text())
+        mask = cv2.imread(str(path.with_suffix(".png")), cv2.IMREAD_UNCHANGED)
+        assert mask.ndim == 2 and mask.dtype == np.uint8 and mask.max() <= 3
+        assert (mask.shape[1], mask.shape[0]) == tuple(payload["image_size"])
+        for face in payload["faces"]:
+            assert len(face["lips"]) == 56 and len(face["box"]) == 4 and face["cluster"] in (0, 1)
+            assert face["head"] == f"cluster_{face['cluster']}"
+            assert {"detect", "mouth", "crop", "tcnn", "mask"} <= set(payload["timings_ms"])
+        if payload["faces"]:
+            assert mask.max() > 0 and (out / f"{path.relative_to(out).with_suffix('')}_overlay.jpg").is_file()
+
+
+def test_cascade_mouth_source_runs(photo_folder: Path, tmp_path: Path, tiny_model_folder: Path) -> None:
+    shutil.rmtree(photo_folder / "nested")
+    (photo_folder / "broken.jpg").unlink()
+    code = main(
+        [
+            "predict",
+            str(photo_folder),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(tiny_model_folder),
+            "--mouth",
+            "cascade",
+            "--no-overlay",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert not list((tmp_path / "o").glob("*_overlay.jpg"))
+
+
+@pytest.mark.parametrize("passes", [2, 3])
+def test_cascade_passes_each_recrop_on_the_previous_lips(
+    photo_folder: Path, tiny_model_folder: Path, passes: int
+) -> None:
+    from lipseg.inference.predictor import LipPredictor
+
+    predictor = LipPredictor(
+        tiny_model_folder, mouth_source="cascade", engine="torch", cascade_passes=passes, flip_average=True
+    )
+    calls: list[tuple[np.ndarray, bool]] = []
+    run_crops = predictor.run_crops
+    predictor.run_crops = lambda crops, flip: calls.append((crops, flip)) or run_crops(crops, flip)
+    image = cv2.imread(str(next(photo_folder.glob("*.jpg"))))
+    result = predictor.predict(image)
+    assert result.faces, "the synthetic photo has a face"
+    assert len(calls) == passes  # one TCNN batch per pass, all faces at once
+    assert [flip for _, flip in calls] == [False] * (passes - 1) + [True]  # flip averaging on the final pass only
+    assert {"detect", "mouth", "crop", "tcnn"} <= set(result.timings_ms)
+    # The final crop is the training geometry's box around the lips of a run with one pass fewer.
+    if passes > 2:
+        fewer = LipPredictor(
+            tiny_model_folder, mouth_source="cascade", engine="torch", cascade_passes=passes - 1, flip_average=False
+        ).predict(image)
+        for face, previous in zip(result.faces, fewer.faces, strict=True):
+            centre, side = predictor.geometry.box(previous.lips)
+            np.testing.assert_allclose(face.crop_box, [*(centre - side / 2), *(centre + side / 2)], rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 passes"):
+        LipPredictor(tiny_model_folder, mouth_source="cascade", engine="torch", cascade_passes=1)
+
+
+def test_missing_model_and_unknown_schema_are_clear(
+    tmp_path: Path, photo_folder: Path, capsys: pytest.CaptureFixture, tiny_model_folder: Path
+) -> None:
+    assert main(["predict", str(photo_folder), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    bad = tmp_path / "bad_model"
+    shutil.copytree(tiny_model_folder, bad)
+    meta = json.loads((bad / "lipseg_model.json").read_text())
+    meta["schema"] = "lipseg-tcnn/0"
+    (bad / "lipseg_model.json").write_text(json.dumps(meta))
+    assert main(["predict", str(photo_folder), "--out", str(tmp_path / "o"), "--model", str(bad)]) == 2
+    assert "unknown model schema" in capsys.readouterr().err
+
+
+def test_inputs_are_collected_by_extension_with_unique_stems(tmp_path: Path) -> None:
+    for relative in ("a/x.jpg", "b/x.JPG", "c.mp4", "d.txt"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    found, problems = collect_inputs(
+        [str(tmp_path / "a/x.jpg"), str(tmp_path / "b/x.JPG"), str(tmp_path / "c.mp4"), str(tmp_path / "missing")]
+    )
+    assert [(f.out_stem.as_posix(), f.kind) for f in found] == [("x", "image"), ("x_1", "image"), ("c", "video")]
+    assert problems == [(str(tmp_path / "missing"), "no such file or folder")]
+    folder_found, _ = collect_inputs([str(tmp_path)])
+    assert sorted(f.out_stem.as_posix() for f in folder_found) == ["a/x", "b/x", "c"]
+
+
+def test_outputs_never_leave_the_out_folder(tmp_path: Path) -> None:
+    assert safe_output(tmp_path, Path("sub/x"), ".json") == tmp_path / "sub" / "x.json"
+    with pytest.raises(OutsideOutError, match="outside --out"):
+        safe_output(tmp_path / "out", Path("../../escape"), ".json")
+
+
+def test_predict_never_writes_outside_out_even_through_a_planted_symlink(
+    photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An --out folder whose `nested` entry is a symlink to elsewhere (left by someone, or planted): the
+    photo that would land there is refused by name, the others are written, nothing appears outside."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "nested").symlink_to(elsewhere, target_is_directory=True)
+    (photo_folder / "broken.jpg").unlink()
+    before = sorted(path.name for path in tmp_path.iterdir())
+    code = main(["predict", str(photo_folder), "--out", str(out), "--model", str(tiny_model_folder), "--quiet"])
+    assert code == 1
+    assert "outside --out" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == before  # nothing new beside --out either
+    assert len([path for path in out.glob("*.json")]) == 3  # the top-level photos were still processed
+
+
+def test_help_texts(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--model" in text and "models:/lipseg-" in text and "champion" in text and "--redetect-every" in text
+
+
+def test_onnx_engine_gives_the_torch_landmarks(
+    photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIPSEG_CACHE", str(tmp_path / "cache"))
+    shutil.rmtree(photo_folder / "nested")
+    (photo_folder / "broken.jpg").unlink()
+    outputs = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / engine
+        assert (
+            main(
+                [
+                    "predict",
+                    str(photo_folder),
+                    "--out",
+                    str(out),
+                    "--model",
+                    str(tiny_model_folder),
+                    "--engine",
+                    engine,
+                    "--no-overlay",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+        outputs[engine] = {p.name: json.loads(p.read_text())["faces"] for p in sorted(out.glob("*.json"))}
+    assert list((tmp_path / "cache" / "onnx").glob("*/tweaked.onnx"))  # exported once, cached
+    assert outputs["torch"].keys() == outputs["onnx"].keys()
+    for name, faces in outputs["torch"].items():
+        for torch_face, onnx_face in zip(faces, outputs["onnx"][name], strict=True):
+            assert torch_face["cluster"] == onnx_face["cluster"]
+            np.testing.assert_allclose(torch_face["lips"], onnx_face["lips"], atol=2e-3)
+
+
+@pytest.fixture
+def segmenter_folder(tmp_path: Path) -> Path:
+    import torch
+
+    from lipseg.data.geometry import CropGeometry
+    from lipseg.segmentation.model import SegmenterNet
+    from lipseg.segmentation.nets import SegmenterConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path / "project" / "models" / "segmenters" / "unet"
+    SegmenterNet(SegmenterConfig(arch="unet", input_size=32, width=8, depth=3)).save(
+        folder, CropGeometry(32, 0.5).to_dict()
+    )
+    return folder
+
+
+def test_mask_source_segmenter_labels_the_crops_and_keeps_the_landmarks(
+    photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, segmenter_folder: Path
+) -> None:
+    from lipseg.segmentation.runner import SegmenterRunner
+
+    out = tmp_path / "o"
+    code = main(
+        [
+            "predict",
+            str(photo_folder),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model_folder),
+            "--mask-source",
+            "segmenter",
+            "--segmenter",
+            str(segmenter_folder),
+            "--no-overlay",
+            "--quiet",
+        ]
+    )
+    assert code == 1  # the broken file still fails; the others are processed
+    photo = next(path for path in sorted(photo_folder.glob("*.jpg")) if path.stem != "broken")
+    result = json.loads((out / f"{photo.stem}.json").read_text())
+    assert result["mask_source"] == "segmenter:unet" and len(result["faces"][0]["lips"]) == 56
+    image = cv2.imread(str(photo))
+    expected = SegmenterRunner(segmenter_folder, flip_average=False).label_mask(
+        image, [np.array(face["lips"], np.float32) for face in result["faces"]]
+    )
+    written = cv2.imread(str(out / f"{photo.stem}.png"), cv2.IMREAD_UNCHANGED)
+    assert (
+        written.shape == image.shape[:2] and (written == expected).mean() > 0.999
+    )  # lips rounded to 3 decimals in the JSON
+
+
+def test_mask_source_auto_follows_the_measured_best_and_segmenter_needs_a_model(
+    photo_folder: Path,
+    tmp_path: Path,
+    tiny_model_folder: Path,
+    segmenter_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from lipseg.inference.models import ModelNotFoundError
+    from lipseg.inference.models import segmenter_folder as resolve
+
+    project = segmenter_folder.parents[2]
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(project)
+    assert resolve("auto", None) is None  # no comparison yet: the polygons
+    with pytest.raises(ModelNotFoundError, match="no segmenter found"):
+        resolve("segmenter", None)
+    best = project / "models" / "segmenters" / "best.json"
+    best.write_text(json.dumps({"arch": "unet", "folder": "models/segmenters/unet", "beats_landmarks": False}))
+    assert resolve("auto", None) is None
+    assert resolve("landmarks", None) is None
+    assert resolve("segmenter", None) == project / "models/segmenters/unet"
+    best.write_text(json.dumps({"arch": "unet", "folder": "models/segmenters/unet", "beats_landmarks": True}))
+    assert resolve("auto", None) == project / "models/segmenters/unet"
+    assert (
+        main(
+            [
+                "predict",
+                str(photo_folder),
+                "--out",
+                str(tmp_path / "o"),
+                "--model",
+                str(tiny_model_folder),
+                "--mask-source",
+                "segmenter",
+                "--segmenter",
+                str(tmp_path / "missing"),
+            ]
+        )
+        == 2
+    )
+    assert "missing: no such folder" in capsys.readouterr().err
+    with pytest.raises(
+        ModelNotFoundError, match="no such folder"
+    ):  # a named folder is never silently replaced by the polygons
+        resolve("auto", str(tmp_path / "missing"))

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lipseg.core.runtime import set_determinism
+from lipseg.data.crops import normalisation_images
+from lipseg.tcnn.gmm import GMMConfig, assign, fit_gmm
+from lipseg.tcnn.heads import HeadsConfig, finetune_heads, head_weight_distances
+from lipseg.tcnn.model import TCNNConfig, VanillaTCNN
+from lipseg.tcnn.predict import trunk_and_fc5
+
+
+def clustered_crops(per_state: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Three visibly different 'lip states', each with its own landmark offset."""
+    rng = np.random.default_rng(0)
+    images, lips = [], []
+    template = rng.uniform(-0.25, 0.25, (56, 2)).astype(np.float32)
+    template[0] = (-0.3, 0.0)
+    for state, colour in enumerate((30, 130, 230)):
+        for _ in range(per_state):
+            image = np.clip(rng.normal(colour, 12, (40, 40, 3)), 0, 255).astype(np.uint8)
+            images.append(image)
+            lips.append(template + np.float32(0.05 * state) + rng.normal(0, 0.005, (56, 2)).astype(np.float32))
+    return np.stack(images), np.stack(lips)
+
+
+def untrained_base(images: np.ndarray) -> VanillaTCNN:
+    base = VanillaTCNN(TCNNConfig(conv_channels=[8, 8, 8, 8], fc5=16)).eval()
+    base.normaliser.set_images(*normalisation_images(images))
+    return base
+
+
+def test_each_cluster_gets_its_own_head(tmp_path: Path) -> None:
+    set_determinism(0)
+    images, lips = clustered_crops()
+    base = untrained_base(images)
+    _, features = trunk_and_fc5(base, images)
+    mixture, _ = fit_gmm(features, GMMConfig(k=3, n_init=2))
+    config = HeadsConfig(lr=1e-3, epochs=4, patience=4, batch_size=16, min_cluster_size=5, min_val_size=2)
+    val = np.arange(0, len(images), 5)
+    tweaked, reports = finetune_heads(
+        base, mixture, images, lips, images[val], lips[val], config, tmp_path, progress=False
+    )
+    assert [report.fallback for report in reports] == [False, False, False]
+    distances = head_weight_distances(tweaked)
+    off_diagonal = distances[~np.eye(3, dtype=bool)]
+    # The reference Keras implementation silently shared one head; ours must not.
+    assert off_diagonal.min() > 1e-3
+    base_vector = torch.cat([p.flatten() for p in base.head.parameters()])
+    for head in tweaked.heads:
+        assert float((torch.cat([p.flatten() for p in head.parameters()]) - base_vector).norm()) > 1e-3
+    # The conv trunk stayed frozen and identical to the base model.
+    for key, value in base.trunk.state_dict().items():
+        torch.testing.assert_close(tweaked.trunk.state_dict()[key], value)
+    # The torch gate routes exactly like the scikit-learn mixture.
+    with torch.no_grad():
+        _, clusters = tweaked.forward_with_clusters(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float())
+    np.testing.assert_array_equal(clusters.numpy(), assign(mixture, features))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "head_0.safetensors",
+        "head_1.safetensors",
+        "head_2.safetensors",
+    ]
+
+
+def test_small_clusters_fall_back_to_the_base_head() -> None:
+    set_determinism(0)
+    images, lips = clustered_crops(per_state=10)
+    base = untrained_base(images)
+    _, features = trunk_and_fc5(base, images)
+    mixture, _ = fit_gmm(features, GMMConfig(k=3, n_init=2))
+    sizes = np.bincount(assign(mixture, features), minlength=3)
+    config = HeadsConfig(lr=1e-3, epochs=2, min_cluster_size=int(sizes.max()) + 1)
+    tweaked, reports = finetune_heads(base, mixture, images, lips, images, lips, config, progress=False)
+    assert all(report.fallback for report in reports)
+    for head in tweaked.heads:
+        for key, value in base.head.state_dict().items():
+            torch.testing.assert_close(head.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("keep_if_better", [True, False])
+def test_a_head_without_validation_gain_is_replaced_by_the_base_head(keep_if_better: bool) -> None:
+    set_determinism(0)
+    images, lips = clustered_crops(per_state=10)
+    base = untrained_base(images)
+    _, features = trunk_and_fc5(base, images)
+    mixture, _ = fit_gmm(features, GMMConfig(k=2, n_init=2))
+    # lr 0: every head ends exactly where the base head is, so none improves on the validation crops.
+    config = HeadsConfig(
+        lr=0.0, epochs=2, patience=2, min_cluster_size=1, min_val_size=1, keep_if_better=keep_if_better
+    )
+    _, reports = finetune_heads(base, mixture, images, lips, images, lips, config, progress=False)
+    assert all(report.head_val_nme == pytest.approx(report.base_val_nme) for report in reports)
+    assert [report.fallback for report in reports] == [keep_if_better] * 2
+    assert {report.fallback_reason for report in reports} == {"no validation gain" if keep_if_better else ""}
