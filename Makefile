@@ -7,8 +7,9 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
+HELEN ?= ../shared/data/helen_sample
 
-.PHONY: install run test test-fast ui clean
+.PHONY: install run test test-fast release ui clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +30,9 @@ test: install  ## unit tests + the tiny end-to-end pipeline test + the PostgreSQ
 
 test-fast: install  ## everything but the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow"
+
+release: install  ## the shipped model: the pipeline on Helen with profiles/helen.yaml, scored, card (~2 h on 2 cores)
+	$(BIN)/python scripts/release.py --helen $(HELEN)
 
 ui: install  ## the MLflow UI on http://127.0.0.1:5000 (loopback only)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

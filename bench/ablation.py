@@ -257,7 +257,7 @@ def tweak_study(args: argparse.Namespace, name: str) -> list[dict]:
     repo = args.out / name / "work" / "repo"
     if not (repo / "dvc.lock").is_file():
         raise SystemExit(f"run row {name} first (no {repo}/dvc.lock)")
-    env = scratch_env()
+    env = scratch_env(repo)
     results = []
     for label, changes in TWEAK_STUDY.items():
         set_params(repo, changes)

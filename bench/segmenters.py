@@ -54,7 +54,8 @@ def main() -> None:
     if args.reevaluate:
         if args.workdir is None or not (args.workdir / "repo" / "models" / "segmenters").is_dir():
             sys.exit("--reevaluate needs --workdir with a finished run")
-        repo, env = (args.workdir / "repo").resolve(), scratch_env()
+        repo = (args.workdir / "repo").resolve()
+        env = scratch_env(repo)
         for folder in PROJECT_FOLDERS:
             shutil.rmtree(repo / folder)
             shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

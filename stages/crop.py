@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -10,13 +11,14 @@ import numpy as np
 from lipseg.core import paths
 from lipseg.core.files import atomic_directory, write_json_atomic, write_npz_atomic
 from lipseg.core.images import DEFAULT_MAX_PIXELS
-from lipseg.core.params import Section, load_params, param
+from lipseg.core.params import ParamsError, Section, load_params, param
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import Jitter, normalisation_images, split_train_val
 from lipseg.data.geometry import CropGeometry, FaceToMouth, box_differences
 from lipseg.data.helen import load_split, unlisted_annotation_rejects
 from lipseg.data.landmarks import HELEN_LIPS, respace_lips
 from lipseg.data.rejects import reject_rows, report_rejects, require_usable
+from lipseg.data.sources import describe_dataset
 from lipseg.inference.detect import DlibMouthLocator, detect_record_mouths
 from lipseg.tcnn.crops import make_crops
 
@@ -28,12 +30,26 @@ class CropParams(Section):
     size: int = param(48, low=16)  # crop side in pixels
     margin: float = param(0.35, low=0)  # extra space each side, as a fraction of the mouth extent
     val_fraction: float = param(0.15, low=0, high=0.9, low_open=True)
+    photo_pattern: str = r"(.+)_\d{1,2}"  # a face's name -> its photo (group 1): faces of one photo stay on one side
     box_source: Literal["gt", "detector"] = "gt"
     detector: Literal["hog", "cnn", "hog+cnn"] = "hog"
     detector_upsample: int = param(1, low=0, high=3)
     seed: int = 0
     max_pixels: int = param(DEFAULT_MAX_PIXELS, low=1)
+    # Where the annotations sit off the image content, in mouth widths (x): mirrored copies and flip averaging
+    # mirror about that axis. 0 for the synthetic faces (drawn exactly); Helen's: bench/annotation_offset.py.
+    annotation_offset: float = param(0.0, low=-0.1, high=0.1)
     augment: Jitter = field(default_factory=Jitter)
+
+    def check(self, name: str) -> None:
+        try:
+            if re.compile(self.photo_pattern).groups < 1:
+                raise re.error("no group")
+        except re.error as error:
+            raise ParamsError(
+                f"params.yaml: {name}.photo_pattern must be a regular expression with a group "
+                f"(the photo's part of a face name), got {self.photo_pattern!r}: {error}"
+            ) from None
 
 
 def main() -> None:
@@ -43,7 +59,9 @@ def main() -> None:
     with stage_run("crop", section) as run:
         train_records, train_rejects = load_split(paths.RAW, "train")
         test_records, test_rejects = load_split(paths.RAW, "test")
-        fit_records, val_records = split_train_val(train_records, params.val_fraction, params.seed)
+        fit_records, val_records = split_train_val(
+            train_records, params.val_fraction, params.seed, params.photo_pattern
+        )
         # dlib runs on every image either way: its boxes feed `detector` crops, the measured GT-vs-dlib
         # box difference, and the face-box -> mouth-box statistics of the cascade's first pass.
         locator = DlibMouthLocator(params.detector, params.detector_upsample)
@@ -56,7 +74,14 @@ def main() -> None:
 
         def crops_of(records, jitter, desc, seed=0):
             return make_crops(
-                records, geometry, jitter, seed=seed, desc=desc, box_points=box_points, max_pixels=params.max_pixels
+                records,
+                geometry,
+                jitter,
+                seed=seed,
+                desc=desc,
+                box_points=box_points,
+                max_pixels=params.max_pixels,
+                annotation_offset=params.annotation_offset,
             )
 
         splits = {
@@ -81,10 +106,19 @@ def main() -> None:
             rejects += reject_rows(split, crops.rejects)
         reject_counts = report_rejects("crop", rejects, REJECTS_CSV, run)
         require_usable("crop", {split: len(crops) for split, crops in splits.items()}, reject_counts, REJECTS_CSV)
+        dataset = describe_dataset(paths.RAW)
         manifest = {
+            # What every model trained on these crops records (lipseg predict warns about synthetic faces).
+            "training_data": {
+                "source": dataset["source"],
+                "digest": dataset["digest"],
+                "train_faces": len(fit_records),
+                "val_faces": len(val_records),
+            },
             "geometry": geometry.to_dict(),
             "max_pixels": params.max_pixels,  # the later stages read the photos under the same limit
             "box_source": params.box_source,
+            "annotation_offset": params.annotation_offset,
             "detector": {
                 "kind": params.detector,
                 "upsample": params.detector_upsample,
@@ -93,7 +127,12 @@ def main() -> None:
                     "test": sum(r.name in detections for r in test_records),
                 },
                 "images": {"train": len(train_records), "test": len(test_records)},
-                "box_vs_ground_truth": box_differences(geometry, detected_mouths, truth),
+                # Measured on the training faces only: nothing about the validation or test faces informs training.
+                "box_vs_ground_truth": box_differences(
+                    geometry,
+                    {record.name: detected_mouths[record.name] for record in fit_records if record.name in detections},
+                    truth,
+                ),
             },
             "face_to_mouth": face_to_mouth.to_dict() if face_to_mouth else None,
             "counts": {
@@ -104,6 +143,13 @@ def main() -> None:
             "rejected_by_kind": reject_counts,
             "rejects": rejects,
             "names": {split: sorted(set(crops.names.tolist())) for split, crops in splits.items()},
+            # box_source detector: faces with no detection have no crop; evaluation counts them as failures.
+            "detector_misses": {
+                split: sorted(
+                    record.name for record in records if box_points is not None and record.name not in detections
+                )
+                for split, records in (("val", val_records), ("test", test_records))
+            },
         }
         mean, std = normalisation_images(splits["train"].images)
         with atomic_directory(paths.CROPS) as staging:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from lipseg.core import paths
-from lipseg.core.files import atomic_directory
+from lipseg.core.files import atomic_directory, write_json_atomic
 from lipseg.core.params import load_params
 from lipseg.core.tracking import stage_run
-from lipseg.data.sources import DataParams, materialise
+from lipseg.data.sources import DATASET_FILE, DataParams, materialise
 
 
 def main() -> None:
@@ -15,6 +15,7 @@ def main() -> None:
     with stage_run("download", section) as run:
         with atomic_directory(paths.RAW) as staging:
             summary = materialise(params, staging, paths.DOWNLOAD_CACHE)
+            write_json_atomic(staging / DATASET_FILE, summary)  # models trained on it record where it came from
         run.log_numbers(summary)
         run.log_dict(summary, "download_summary.json")
     print(f"download: {summary}")

@@ -20,6 +20,7 @@ from lipseg.data.crops import CropSet
 from lipseg.data.helen import load_split
 from lipseg.evaluation.overlays import overlay_grid
 from lipseg.evaluation.plots import ced_curves
+from lipseg.evaluation.report import face_truth
 from lipseg.tcnn.model import load_tcnn
 from lipseg.tcnn.predict import predict_crops
 from lipseg.tcnn.scoring import (
@@ -55,23 +56,31 @@ def main() -> None:
     test = CropSet.load(paths.CROPS / "test.npz")
     val = CropSet.load(paths.CROPS / "val.npz")
     records = {record.name: record for record in load_split(paths.RAW, "test")[0]}
+    train_records = {record.name: record for record in load_split(paths.RAW, "train")[0]}
     truth = ground_truth_for(test, records)
-    val_truth = ground_truth_for(val, {record.name: record for record in load_split(paths.RAW, "train")[0]})
+    val_truth = ground_truth_for(val, train_records)
+    manifest = json.loads((paths.CROPS / "manifest.json").read_text(encoding="utf-8"))
+    # Faces the detector missed (crop.box_source: detector) have no crop: they are scored as failures.
+    missed = {
+        split: [face_truth(records_of[name]) for name in manifest.get("detector_misses", {}).get(split, [])]
+        for split, records_of in (("test", records), ("val", train_records))
+    }
     with stage_run("evaluate", section) as run:
         scores, val_scores, meta, crop_predictions = {}, {}, {}, {}
         for label, folder in MODELS.items():
             model, _, meta[label] = load_tcnn(folder)
             crop_predictions[label] = predict_crops(model, test.images, flip_average=params.flip_tta)
-            scores[label] = score(crop_predictions[label], test, truth, params.fail_threshold)
+            scores[label] = score(crop_predictions[label], test, truth, params.fail_threshold, missed["test"])
             # The validation split (carved from train) is what settings are chosen on; test is only reported.
             val_predictions = predict_crops(model, val.images, flip_average=params.flip_tta)
-            val_scores[label] = score(val_predictions, val, val_truth, params.fail_threshold)
+            val_scores[label] = score(val_predictions, val, val_truth, params.fail_threshold, missed["val"])
         thresholds, curves = ced_table(scores, params.ced_max)
         metrics = {label: score_metrics(model_score) for label, model_score in scores.items()}
         metrics["val"] = {label: score_metrics(model_score) for label, model_score in val_scores.items()}
         metrics["val"]["images"] = len(val)
         metrics["k"] = int(meta["tweaked"]["components"])
-        metrics["test_images"] = len(test)
+        metrics["test_images"] = len(test) + len(missed["test"])
+        metrics["test_detector_misses"] = len(missed["test"])
         metrics["crops_from"] = "ground-truth landmarks"
         metrics["tweaked_vs_base_nme_io"] = metrics["tweaked"]["nme_io"] / metrics["base"]["nme_io"]
         metrics["per_cluster"] = per_cluster(scores["base"], scores["tweaked"])
@@ -92,7 +101,7 @@ def main() -> None:
                 write_json_atomic(staging / f"report_{label}.json", model_score.summary)
             ced_curves(thresholds, curves, staging / "ced.png", "NME (inter-ocular)")
             # The crop stage's pixel limit (crop.max_pixels): these photos passed it there.
-            max_pixels = int(json.loads((paths.CROPS / "manifest.json").read_text(encoding="utf-8"))["max_pixels"])
+            max_pixels = int(manifest["max_pixels"])
             tiles, captions = overlay_tiles(test, records, scores, params.overlay_count, max_pixels)
             write_png_atomic(staging / "overlays.png", overlay_grid(tiles, columns=6, tile_size=160, captions=captions))
         for label in scores:
@@ -106,8 +115,13 @@ def main() -> None:
         run.log_artifact(REPORT_DIR / "overlays.png")
         if params.register_model:
             example = test.images[: min(4, len(test))]
+            # Registered to predict as its logged metrics were measured: with or without flip averaging.
             version = run.register_model(
-                MODELS["tweaked"], PYFUNC, example, crop_predictions["tweaked"].lips[: len(example)]
+                MODELS["tweaked"],
+                PYFUNC,
+                example,
+                crop_predictions["tweaked"].lips[: len(example)],
+                model_config={"flip_average": params.flip_tta},
             )
             print(f"evaluate: registered lipseg-tcnn version {version} (alias champion)")
     print(format_summary(metrics))

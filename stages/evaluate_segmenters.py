@@ -69,12 +69,12 @@ def main() -> None:
     figure_names = frozenset(record.name for record in test_records[: params.figure_faces])
     with stage_run("evaluate_segmenters", section) as run:
         val_rejects, test_rejects = [], []
-        val_scores, _, val_no_face = compare_mask_sources(
+        val_comparison = compare_mask_sources(
             val_records, predictor, runners, desc="validation photos", rejects=val_rejects, max_pixels=max_pixels
         )
-        val = {name: scores.summary() for name, scores in val_scores.items()}
+        val = {name: scores.summary() for name, scores in val_comparison.nearest.items()}
         with atomic_directory(REPORT_DIR) as staging:
-            scores, tiles, no_face = compare_mask_sources(
+            comparison = compare_mask_sources(
                 test_records,
                 predictor,
                 runners,
@@ -94,14 +94,19 @@ def main() -> None:
                 "the log above, and rejects.csv in the MLflow run",
             )
             best_arch = max(runners, key=lambda arch: val[arch]["f1_lips"])
-            summaries = {name: mask_scores.summary() for name, mask_scores in scores.items()}
+            summaries = {name: mask_scores.summary() for name, mask_scores in comparison.nearest.items()}
+            as_predicted = {name: mask_scores.summary() for name, mask_scores in comparison.as_predicted.items()}
             for arch, runner in runners.items():
                 summaries[arch] |= {
                     "parameters": runner.meta["parameters"],
                     "train_minutes": runner.meta["train_minutes"],
                     "best_val_f1_lips": runner.meta["best_val_f1_lips"],
                 }
-            table = comparison_table(summaries)
+            table = (
+                f"The face nearest the annotated mouth:\n\n{comparison_table(summaries)}\n\n"
+                f"Every face found, the PNG `lipseg predict` writes:\n\n{comparison_table(as_predicted)}"
+            )
+            tiles = comparison.tiles
             captions = [name if index == 0 else "" for name, row in tiles.items() for index in range(len(row))]
             write_png_atomic(
                 staging / "models.png",
@@ -115,12 +120,16 @@ def main() -> None:
             write_text_atomic(staging / "comparison.md", table + "\n")
         metrics = {
             "models": summaries,
+            "as_predicted": {
+                name: {key: value for key, value in summary.items() if key.startswith("f1_")}
+                for name, summary in as_predicted.items()
+            },
             "best_segmenter": best_arch,
             "chosen_on": "validation photos",
             "test_images": len(test_records) - len(test_rejects),
             "rejected": reject_counts,
-            "no_face": no_face,
-            "val": {"models": val, "images": len(val_records), "no_face": val_no_face},
+            "no_face": comparison.no_face,
+            "val": {"models": val, "images": len(val_records), "no_face": val_comparison.no_face},
             "flip_tta": params.flip_tta,
             "mask_step_threads": params.threads,
         }
@@ -156,7 +165,7 @@ def main() -> None:
     print(
         f"evaluate_segmenters: best segmenter on the {len(val_records)} validation photos: {best_arch} "
         f"(lips F1 {val[best_arch]['f1_lips']:.3f}, landmark polygons {val[LANDMARKS]['f1_lips']:.3f}); "
-        f"{no_face} of {metrics['test_images']} test photos without a face"
+        f"{comparison.no_face} of {metrics['test_images']} test photos without a face"
     )
 
 

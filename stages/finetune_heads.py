@@ -11,11 +11,16 @@ from lipseg.core.runtime import set_determinism
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import CropSet
 from lipseg.tcnn.gmm import load_gmm
-from lipseg.tcnn.heads import HeadsConfig, finetune_heads, head_weight_distances
+from lipseg.tcnn.heads import HeadsConfig, HeadsData, finetune_heads, head_weight_distances
 from lipseg.tcnn.model import load_tcnn
+from lipseg.tcnn.training import BaseTraining
 
 CHECKPOINT_DIR = paths.CHECKPOINTS / "finetune_heads"
 REPORT = paths.REPORTS / "finetune_heads.json"
+
+
+def heads_data(crops: CropSet) -> HeadsData:
+    return HeadsData(crops.images, crops.lips, crops.names, crops.copy_index)
 
 
 def main() -> None:
@@ -28,16 +33,7 @@ def main() -> None:
     val = CropSet.load(paths.CROPS / "val.npz")
     with stage_run("finetune_heads", section) as run:
         tweaked, reports = finetune_heads(
-            base,
-            mixture,
-            train.images,
-            train.lips,
-            val.images,
-            val.lips,
-            config,
-            CHECKPOINT_DIR,
-            train_sources=train.names,
-            train_copy_index=train.copy_index,
+            base, mixture, heads_data(train), heads_data(val), config, BaseTraining.from_meta(base_meta), CHECKPOINT_DIR
         )
         distances = head_weight_distances(tweaked)
         for report in reports:
@@ -60,6 +56,7 @@ def main() -> None:
                     "fallback_clusters": fallbacks,
                     "box_source": base_meta["box_source"],
                     "face_to_mouth": base_meta["face_to_mouth"],
+                    "training_data": base_meta["training_data"],
                 },
             )
         summary = {
@@ -85,7 +82,10 @@ def main() -> None:
                 f"; {state})" if report.fallback_reason != "small cluster" else ")"
             )
         resumed = f" (resumed after epoch {report.resumed_from_epoch})" if report.resumed_from_epoch else ""
-        print(f"finetune_heads: head {report.cluster}: {report.train_size} train crops, {state}{resumed}")
+        print(
+            f"finetune_heads: head {report.cluster}: {report.train_faces} train faces ({report.train_crops} crops), "
+            f"{report.loss} loss, {state}{resumed}"
+        )
 
 
 if __name__ == "__main__":

@@ -61,9 +61,12 @@ def main() -> None:
     with stage_run("fit_gmm", section) as run:
         stored = load_npz(paths.FEATURES)
         features, copy_index = stored["fc5"], stored["copy_index"]
-        # plain: fit on one unjittered crop per face, so clusters follow lip states, not the augmentation.
+        # K is chosen on one plain crop per face (jittered copies are no independent samples for BIC);
+        # plain: the mixture is fitted there too, so clusters follow lip states, not the augmentation.
         plain = params.fit_on == "plain"
-        mixture, table = fit_gmm(features[copy_index == 0] if plain else features, config)
+        mixture, table = fit_gmm(
+            features[copy_index == 0] if plain else features, config, select_on=features[copy_index == 0]
+        )
         labels = (
             assign_by_source(mixture, features, stored["names"], copy_index) if plain else assign(mixture, features)
         )

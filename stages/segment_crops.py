@@ -4,12 +4,13 @@ located boxes differ from ground-truth boxes (measured on the validation photos)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from lipseg.core import paths
 from lipseg.core.files import atomic_directory, write_json_atomic
+from lipseg.core.model_folder import read_model_meta
 from lipseg.core.params import Section, load_params, param
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import Jitter, LocatorSpread
@@ -19,7 +20,7 @@ from lipseg.data.helen import load_split
 from lipseg.data.landmarks import HELEN_LIPS
 from lipseg.data.rejects import reject_rows, report_rejects, require_usable
 from lipseg.inference.predictor import LipPredictor
-from lipseg.segmentation.crops import locate_lips, make_parts_crops, make_segment_crops
+from lipseg.segmentation.crops import locate_lips, make_face_sources, make_parts_sources, make_segment_crops
 
 # The vanilla TCNN measures the locator spread: the heads move it by well under a pixel, and leaning on
 # models/base keeps a change of K (or of the heads) from retraining all four segmenters.
@@ -31,11 +32,13 @@ REJECTS_CSV = paths.report("segment_crops", "rejects.csv")
 class SegmentCropsParams(Section):
     size: int = param(64, low=16)  # crop side in pixels, the segmenters' input
     margin: float = param(0.5, low=0)  # extra space each side, as a fraction of the mouth extent
-    copies: int = param(2, low=0)  # jittered copies per face on top of the plain crop
+    context: float = param(1.8, low=1.2, high=3.0)  # training patch side / crop side: room for every jittered box
+    copies: int = param(2, low=0)  # jittered copies per validation face, on top of the plain crop
     rotate_deg: float = param(10.0, low=0, high=180)
     brightness: float = param(0.2, low=0, high=1)
     min_shift: float = param(0.02, low=0)  # floors on the measured spread (fraction of the box side; log scale)
     min_scale: float = param(0.03, low=0)
+    flip: bool = True  # mirror half the training crops (about the annotation frame's axis)
     detector: Literal["hog", "cnn", "hog+cnn"] = "hog"
     detector_upsample: int = param(1, low=0, high=3)
     locator_flip_tta: bool = True
@@ -44,14 +47,14 @@ class SegmentCropsParams(Section):
     class_tables: dict[str, dict[str, int]] = param({})
 
     def jitter(self) -> Jitter:
-        """Copies whose box shift and scale follow the measured spread, floored at min_shift / min_scale."""
+        """Boxes whose shift and scale follow the measured spread, floored at min_shift / min_scale."""
         return Jitter(
             copies=self.copies,
             shift=self.min_shift,
             scale=self.min_scale,
             rotate_deg=self.rotate_deg,
             brightness=self.brightness,
-            flip=False,
+            flip=self.flip,
         )
 
 
@@ -76,37 +79,46 @@ def main() -> None:
             geometry, located, {record.name: record.points[HELEN_LIPS] for record in val_records}
         )
         spread = LocatorSpread.from_dict(spread_stats)
-        train = make_segment_crops(
-            fit_records, geometry, spread, jitter, seed=params.seed, desc="segment crops train", max_pixels=max_pixels
+        # Training crops are cut anew at every step from a patch per face; validation crops are fixed, plain
+        # and jittered like located boxes (never mirrored), so every epoch is judged on the same crops.
+        sources = make_face_sources(
+            fit_records, geometry, params.context, desc="segment sources train", max_pixels=max_pixels
+        )
+        # The validation faces' patches too, for a final retrain on train + validation (train_segmenter include_val).
+        val_sources = make_face_sources(
+            val_records, geometry, params.context, desc="segment sources val", max_pixels=max_pixels
         )
         val = make_segment_crops(
-            val_records, geometry, spread, jitter, seed=params.seed + 1, desc="segment crops val", max_pixels=max_pixels
+            val_records,
+            geometry,
+            spread,
+            replace(jitter, flip=False),
+            seed=params.seed + 1,
+            desc="segment crops val",
+            max_pixels=max_pixels,
         )
-        rejects = reject_rows("train", list_rejects + train.rejects) + reject_rows("val", val.rejects)
+        rejects = reject_rows("train", list_rejects + sources.rejects) + reject_rows("val", val.rejects)
         extra_counts = {}
-        for index, source in enumerate(params.extra_sources):
+        for source in params.extra_sources:
             table = validate_class_table(str(source["format"]), params.class_tables[str(source["format"])])
             parts, parts_rejects = list_records(str(source["format"]), Path(source["path"]), source.get("split"))
-            extra = make_parts_crops(
-                parts,
-                table,
-                geometry,
-                spread,
-                jitter,
-                seed=params.seed + 2 + index,
-                desc=f"{source['format']} crops",
-                max_pixels=max_pixels,
+            extra = make_parts_sources(
+                parts, table, geometry, params.context, desc=f"{source['format']} sources", max_pixels=max_pixels
             )
-            train = train.concatenate(extra)
+            sources = sources.concatenate(extra)
             rejects += reject_rows(str(source["format"]), parts_rejects + extra.rejects)
-            extra_counts[f"{source['format']}:{source['path']}"] = {
-                "images": int((extra.copy_index == 0).sum()),
-                "crops": len(extra),
-            }
+            extra_counts[f"{source['format']}:{source['path']}"] = {"images": len(extra)}
         reject_counts = report_rejects("segment_crops", rejects, REJECTS_CSV, run)
-        require_usable("segment_crops", {"train": len(train), "val": len(val)}, reject_counts, REJECTS_CSV)
+        require_usable("segment_crops", {"train": len(sources), "val": len(val)}, reject_counts, REJECTS_CSV)
+        base_meta = read_model_meta(LOCATOR)
+        base_config = base_meta["config"]
         manifest = {
+            "training_data": {**base_meta["training_data"], "extra_sources": extra_counts},
             "geometry": geometry.to_dict(),
+            "context": params.context,
+            "jitter": jitter.to_dict(),
+            # The annotations' frame, as the crop stage set it: mirrored training crops keep it.
+            "annotation_offset": float(base_config.get("annotation_offset", 0.0)),
             "locator": {
                 "model": str(LOCATOR),
                 "mouth": "dlib68",
@@ -116,7 +128,7 @@ def main() -> None:
                 "box_vs_ground_truth": spread_stats,
             },
             "counts": {
-                "train": {"images": int((train.copy_index == 0).sum()), "crops": len(train)},
+                "train": {"images": len(sources)},
                 "val": {"images": int((val.copy_index == 0).sum()), "crops": len(val)},
             },
             "extra_sources": extra_counts,
@@ -125,8 +137,9 @@ def main() -> None:
             "rejects": rejects,
         }
         with atomic_directory(paths.SEGMENT_CROPS) as staging:
-            train.save(staging / "train.npz")
+            sources.save(staging / "sources.npz")
             val.save(staging / "val.npz")
+            val_sources.save(staging / "val_sources.npz")
             write_json_atomic(staging / "manifest.json", manifest)
         run.log_numbers({"counts": manifest["counts"], "locator": manifest["locator"]})
         run.log_artifact(paths.SEGMENT_CROPS / "manifest.json")

@@ -30,7 +30,7 @@ from lipseg.core.tracking import stage_run
 from lipseg.data.crops import CropSet, images_to_tensor
 from lipseg.evaluation.plots import training_curves
 from lipseg.tcnn.model import TCNNConfig, VanillaTCNN
-from lipseg.tcnn.training import LandmarkTask
+from lipseg.tcnn.training import BaseTraining, LandmarkTask
 
 CHECKPOINT = paths.checkpoint("train_base")
 HISTORY_CSV = paths.report("train_base", "history.csv")
@@ -68,8 +68,9 @@ class TrainBaseParams(Section):
                 f"(got {len(self.conv_channels)} and {len(self.conv_kernels)})"
             )
 
-    def model_config(self, input_size: int) -> TCNNConfig:
+    def model_config(self, input_size: int, annotation_offset: float) -> TCNNConfig:
         return TCNNConfig(
+            annotation_offset=annotation_offset,
             input_size=input_size,
             conv_channels=list(self.conv_channels),
             conv_kernels=list(self.conv_kernels),
@@ -77,6 +78,9 @@ class TrainBaseParams(Section):
             batch_norm=self.batch_norm,
             conv_activation=self.conv_activation,
         )
+
+    def base_training(self) -> BaseTraining:
+        return BaseTraining(self.loss, self.weight_decay, self.lr_schedule, self.lr_patience, self.lr_factor)
 
     def fit_config(self) -> FitConfig:
         return FitConfig(
@@ -111,7 +115,7 @@ def train_stage(section: dict, params: TrainBaseParams, ranks: Ranks) -> None:
     val = CropSet.load(paths.CROPS / "val.npz")
     norm = load_npz(paths.CROPS / "norm.npz")
     manifest = json.loads((paths.CROPS / "manifest.json").read_text(encoding="utf-8"))
-    config = params.model_config(input_size=train.images.shape[1])
+    config = params.model_config(input_size=train.images.shape[1], annotation_offset=manifest["annotation_offset"])
     model = VanillaTCNN(config)
     model.normaliser.set_images(norm["mean"], norm["std"])
     fit_config = params.fit_config()
@@ -169,10 +173,12 @@ def train_stage(section: dict, params: TrainBaseParams, ranks: Ranks) -> None:
                     "best_epoch": result.best_epoch,
                     "box_source": manifest["box_source"],
                     "face_to_mouth": manifest["face_to_mouth"],
+                    "training": params.base_training().to_dict(),  # what the heads inherit
+                    "training_data": manifest["training_data"],
                 },
             )
         write_text_atomic(HISTORY_CSV, csv_text(result.history))
-        training_curves(result.history, CURVES_PNG, "train_base")
+        training_curves(result.history, CURVES_PNG, "train_base", loss_label=f"{params.loss} loss (mouth widths)")
         run.log_metrics(
             {"best_val_nme": result.best_value, "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
         )

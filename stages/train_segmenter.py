@@ -19,12 +19,12 @@ from lipseg.core.model_folder import parameter_count
 from lipseg.core.params import Section, load_params, param
 from lipseg.core.runtime import resolve_device, set_determinism, set_threads
 from lipseg.core.tracking import stage_run
-from lipseg.data.crops import SegmentCrops, channel_normalisation, images_to_tensor
+from lipseg.data.crops import FaceSources, Jitter, LocatorSpread, SegmentCrops, channel_normalisation
 from lipseg.evaluation.plots import training_curves
 from lipseg.segmentation.loss import LossWeights
-from lipseg.segmentation.model import SegmenterNet, load_pretrained
+from lipseg.segmentation.model import SegmenterNet, load_pretrained, load_segmenter
 from lipseg.segmentation.nets import ARCHITECTURES, SegmenterConfig
-from lipseg.segmentation.training import SegmentationTask
+from lipseg.segmentation.training import OnlineSegmentationTask
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,15 @@ class CommonParams(Section):
     patience: int = param(3, low=1)  # early stopping on validation lips F1
     lr_patience: int = param(2, low=0)  # ReduceLROnPlateau on validation lips F1
     lr_factor: float = param(0.5, low=0, high=1, low_open=True)
-    flip: bool = True
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"  # plateau: on validation lips F1; cosine: over max_epochs
+    warmup_epochs: int = param(0, low=0)  # cosine: linear warm-up first
     loss_weights: LossWeights = field(default_factory=LossWeights)
     threads: int = param(0, low=0)  # torch CPU threads (0 = all cores)
     seed: int = 0
     device: str = "auto"
+    # True: the final retrain, on the training and the validation faces for exactly max_epochs (set it to the
+    # best epoch of the run chosen on validation), keeping the last weights; the validation F1 is then not held out
+    include_val: bool = False
 
     def fit_config(self) -> FitConfig:
         return FitConfig(
@@ -53,12 +57,14 @@ class CommonParams(Section):
             batch_size=self.batch_size,
             max_epochs=self.max_epochs,
             patience=self.patience,
-            lr_schedule="plateau",
+            lr_schedule=self.lr_schedule,
             lr_patience=self.lr_patience,
             lr_factor=self.lr_factor,
+            warmup_epochs=self.warmup_epochs,
             seed=self.seed,
             device=self.device,
             amp=True,
+            keep_last=self.include_val,
         )
 
 
@@ -69,6 +75,7 @@ class ArchParams(Section):
     expansion: int = param(4, low=1)
     dropout: float = param(0.0, low=0, high=0.99)
     pretrained_weights: str | None = None  # a safetensors file to start from (default: from scratch)
+    teacher: str | None = None  # a trained segmenter folder to distil from (common.loss_weights.distill > 0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,14 @@ class TrainSegmenterParams(Section):
     pspnet: ArchParams
     segnet: ArchParams
     deeplabv3plus: ArchParams
+    plain_unet: ArchParams
+
+
+def load_teacher(folder: Path, size: int) -> SegmenterNet:
+    teacher, geometry, _ = load_segmenter(folder)
+    if geometry.size != size:
+        raise SystemExit(f"teacher {folder} takes {geometry.size} px crops, these are {size} px")
+    return teacher
 
 
 def main() -> None:
@@ -88,19 +103,35 @@ def main() -> None:
     params = TrainSegmenterParams.from_params(section, "train_segmenter")
     common, own = params.common, getattr(params, arch)
     set_determinism(common.seed)
-    train = SegmentCrops.load(paths.SEGMENT_CROPS / "train.npz")
+    sources = FaceSources.load(paths.SEGMENT_CROPS / "sources.npz")
+    if common.include_val:
+        sources = sources.concatenate(FaceSources.load(paths.SEGMENT_CROPS / "val_sources.npz"))
     val = SegmentCrops.load(paths.SEGMENT_CROPS / "val.npz")
     manifest = json.loads((paths.SEGMENT_CROPS / "manifest.json").read_text(encoding="utf-8"))
+    size = int(manifest["geometry"]["size"])
     config = SegmenterConfig(
         arch=arch,
-        input_size=int(train.images.shape[1]),
+        input_size=size,
         width=own.width,
         depth=own.depth,
         expansion=own.expansion,
         dropout=own.dropout,
+        annotation_offset=manifest["annotation_offset"],
     )
     model = SegmenterNet(config)
-    model.set_normalisation(*channel_normalisation(train.images))
+    model.set_normalisation(*channel_normalisation(sources.images))
+    spread = LocatorSpread.from_dict(manifest["locator"]["box_vs_ground_truth"])
+    teacher = load_teacher(Path(own.teacher), size) if own.teacher else None
+    task = OnlineSegmentationTask(
+        common.loss_weights,
+        val,
+        sources,
+        size,
+        spread,
+        Jitter(**manifest["jitter"]),
+        manifest["annotation_offset"],
+        teacher=teacher,
+    )
     if own.pretrained_weights:
         loaded, skipped = load_pretrained(model, Path(own.pretrained_weights))
         print(f"train_segmenter@{arch}: {loaded} tensors from {own.pretrained_weights}, {len(skipped)} as initialised")
@@ -113,15 +144,15 @@ def main() -> None:
                 "device": str(resolve_device(fit_config.device)),
                 "arch": arch,
                 "parameters": parameter_count(model.network),
-                "train_crops": len(train),
+                "train_faces": len(sources),
                 "val_crops": len(val),
             }
         )
         result = fit(
             model,
-            images_to_tensor(train.images),
-            torch.from_numpy(train.masks),
-            SegmentationTask(common.loss_weights, val, common.flip),
+            torch.arange(len(sources)),  # face indices: the task cuts each batch's crops from their sources
+            torch.arange(len(sources)),
+            task,
             fit_config,
             checkpoint_path=paths.checkpoint(f"train_segmenter/{arch}"),
             run_fingerprint=f"train_segmenter-{config.to_dict()}",  # the starting weights are in the fit's own digest
@@ -141,6 +172,9 @@ def main() -> None:
                     "epochs_run": len(result.history),
                     "train_minutes": result.seconds / 60,
                     "device": str(resolve_device(fit_config.device)),
+                    "training_data": manifest["training_data"],
+                    "trained_on": "train + validation faces" if common.include_val else "train faces",
+                    "teacher": own.teacher,
                     "locator": manifest["locator"]["box_vs_ground_truth"],
                 },
             )

@@ -66,10 +66,10 @@ def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: P
     from lipseg.data.helen import load_split
     from lipseg.tcnn.crops import make_crops
     from lipseg.tcnn.gmm import GMMConfig, fit_gmm
-    from lipseg.tcnn.heads import HeadsConfig, finetune_heads
+    from lipseg.tcnn.heads import HeadsConfig, HeadsData, finetune_heads
     from lipseg.tcnn.model import TCNNConfig, VanillaTCNN
     from lipseg.tcnn.predict import trunk_and_fc5
-    from lipseg.tcnn.training import LandmarkTask
+    from lipseg.tcnn.training import BaseTraining, LandmarkTask
 
     set_determinism(0)
     records, _ = load_split(synthetic_dir, "train")
@@ -88,15 +88,10 @@ def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: P
     )
     _, features = trunk_and_fc5(model, crops.images)
     mixture, _ = fit_gmm(features, GMMConfig(k=2, n_init=1))
+    heads_data = HeadsData(crops.images, crops.lips, crops.names, crops.copy_index)
+    recipe = BaseTraining("mse", 0.0, "none", 0, 0.5)
     tweaked, _ = finetune_heads(
-        model,
-        mixture,
-        crops.images,
-        crops.lips,
-        crops.images,
-        crops.lips,
-        HeadsConfig(epochs=1, min_cluster_size=1),
-        progress=False,
+        model, mixture, heads_data, heads_data, HeadsConfig(epochs=1, min_cluster_size=1), recipe, progress=False
     )
     folder = tmp_path_factory.mktemp("model") / "tcnn"
     face_to_mouth = FaceToMouth(dx=0.0, dy=0.27, scale=0.62, samples=0)

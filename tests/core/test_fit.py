@@ -165,6 +165,16 @@ def test_cosine_schedule_and_wing_loss_train() -> None:
         task(images, targets, "l7")
 
 
+def test_cosine_warmup_ramps_up_then_decays() -> None:
+    images, targets = toy_problem()
+    config = FitConfig(lr=3e-3, batch_size=16, max_epochs=8, patience=8, lr_schedule="cosine", warmup_epochs=3)
+    result = fit(make_model(), images[:64], targets[:64], task(images, targets, "wing"), config, progress=False)
+    rates = [record["lr"] for record in result.history]
+    peak = rates.index(max(rates))
+    assert peak == 2 and rates[:3] == sorted(rates[:3]) and max(rates) == pytest.approx(3e-3)
+    assert rates[peak:] == sorted(rates[peak:], reverse=True) and rates[-1] < 1e-6
+
+
 class AccuracyTask(FitTask):
     """A task whose validation figure rises as the model improves (like the segmenters' F1)."""
 
@@ -206,8 +216,72 @@ def test_the_same_loop_early_stops_on_a_figure_that_rises() -> None:
     )
 
 
+def test_keep_last_trains_every_epoch_and_keeps_the_final_weights() -> None:
+    images, targets = toy_problem()
+    model = make_model()
+    config = FitConfig(lr=3e-2, batch_size=16, max_epochs=6, patience=1, keep_last=True)
+    result = fit(model, images[:64], targets[:64], AccuracyTask(images[64:], targets[64:]), config, progress=False)
+    assert len(result.history) == 6 and not result.stopped_early  # patience 1 would have stopped it otherwise
+    final = AccuracyTask(images[64:], targets[64:]).validate(model, torch.device("cpu"))["val_accuracy"]
+    assert final == result.history[-1]["val_accuracy"]
+
+
 def test_fit_config_refuses_unknown_settings() -> None:
     with pytest.raises(ValueError, match="optimizer must be one of"):
         FitConfig(optimizer="lion")
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         FitConfig(lr_schedule="step")
+
+
+class DropoutNet(torch.nn.Module):
+    """Dropout draws from the global torch RNG every step: a resume must restore that generator too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(3 * 40 * 40, 64),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(64, 112),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images / 255.0).view(-1, 56, 2)
+
+
+def test_a_resumed_run_continues_the_global_random_draws(tmp_path: Path) -> None:
+    images, targets = toy_problem()
+    config = FitConfig(lr=1e-3, batch_size=16, max_epochs=5, patience=10)
+
+    def model() -> DropoutNet:
+        set_determinism(0)
+        return DropoutNet()
+
+    reference = model()
+    fit(reference, images[:64], targets[:64], task(images, targets), config, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_epoch_3(record: dict) -> None:
+        if record["epoch"] == 3:
+            raise Killed
+
+    checkpoint = tmp_path / "last.safetensors"
+    with pytest.raises(Killed):
+        fit(
+            model(),
+            images[:64],
+            targets[:64],
+            task(images, targets),
+            config,
+            checkpoint,
+            on_epoch=kill_at_epoch_3,
+            progress=False,
+        )
+    resumed = model()  # a fresh process: the global generators start from the seed again
+    result = fit(resumed, images[:64], targets[:64], task(images, targets), config, checkpoint, progress=False)
+    assert result.resumed_from_epoch == 2
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)

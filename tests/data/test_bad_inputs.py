@@ -442,9 +442,8 @@ def test_read_record_images_reports_what_it_skips(image_folder: tuple[Path, dict
 
 
 def test_a_bad_label_file_is_a_reject_not_a_crash(tmp_path: Path, face: np.ndarray) -> None:
-    from lipseg.data.crops import LocatorSpread
     from lipseg.data.faceparts import DEFAULT_CLASS_TABLES, list_records
-    from lipseg.segmentation.crops import make_parts_crops
+    from lipseg.segmentation.crops import make_parts_sources
 
     root = tmp_path / "lapa"
     for sub in ("images", "labels"):
@@ -457,9 +456,7 @@ def test_a_bad_label_file_is_a_reject_not_a_crash(tmp_path: Path, face: np.ndarr
     label = root / "train/labels/cut.png"
     label.write_bytes(label.read_bytes()[:60])
     parts, _ = list_records("lapa", root, "train")
-    crops = make_parts_crops(
-        parts, DEFAULT_CLASS_TABLES["lapa"], CropGeometry(32, 0.5), LocatorSpread(), None, progress=False
-    )
+    crops = make_parts_sources(parts, DEFAULT_CLASS_TABLES["lapa"], CropGeometry(32, 0.5), progress=False)
     assert crops.names.tolist() == ["good"]
     assert [(r.name, r.file, r.reason) for r in crops.rejects] == [
         ("cut", str(label), f"bad label: {label}: cannot decode label file ({TRUNCATED_PNG})")

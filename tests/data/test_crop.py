@@ -104,3 +104,60 @@ def test_normalisation_images() -> None:
     np.testing.assert_allclose(std, np.std([10, 20, 30]), rtol=1e-5)
     _, flat_std = normalisation_images(images[:1])
     assert flat_std.min() == 1.0  # a constant pixel does not divide by zero
+
+
+def test_the_validation_split_keeps_the_faces_of_one_photo_together() -> None:
+    from types import SimpleNamespace
+
+    names = [f"{photo}_{face}" for photo in range(40) for face in range(1, 1 + photo % 3 + 1)] + [
+        "synth_00001",
+        "synth_00002",
+    ]
+    records = [SimpleNamespace(name=name) for name in names]
+    train, val = split_train_val(records, 0.25, seed=1)
+    train_photos = {record.name.rsplit("_", 1)[0] for record in train if not record.name.startswith("synth")}
+    val_photos = {record.name.rsplit("_", 1)[0] for record in val if not record.name.startswith("synth")}
+    assert train_photos and val_photos and not train_photos & val_photos
+    assert len(train) + len(val) == len(records) and abs(len(val) - 0.25 * len(records)) <= 3
+    # A name the pattern does not read (the synthetic faces' five digits) is a photo of its own.
+    assert {record.name for record in train + val} >= {"synth_00001", "synth_00002"}
+    multi = [name for name in names if name.endswith("_2")]
+    assert multi and all(
+        (name in {r.name for r in val}) == (name.replace("_2", "_1") in {r.name for r in val}) for name in multi
+    )
+
+
+def test_mirrored_copies_keep_the_annotations_frame(synthetic_dir: Path) -> None:
+    """Annotations that sit `offset` mouth widths right of the content (Helen's do, by about 1 %) must label a
+    mirrored copy as an annotator would label the mirrored photo: content + offset, to the right again.
+    Mirroring the labels about the content's axis puts them offset to the left instead; a network trained on
+    both learns the middle, and on unseen faces predicts ~offset left of the truth (the one-pixel leftward
+    bias of the masks)."""
+    from lipseg.data.crops import Jitter
+    from lipseg.data.landmarks import HELEN_LIPS, flip_permutation, mouth_width, respace_lips
+
+    record = load_split(synthetic_dir, "train")[0][0]
+    content = respace_lips(record.points[HELEN_LIPS])  # the synthetic faces are drawn exactly on their points
+    offset = 0.02
+    shift = np.float32([offset * mouth_width(content), 0.0])
+    shifted = Record(record.name, record.image_path, record.annotation_path, record.points.copy())
+    shifted.points[HELEN_LIPS] += shift  # as a Helen annotator would have clicked them
+    mirrors = Jitter(copies=12, shift=0.0, scale=0.0, rotate_deg=0.0, brightness=0.0, flip=True)
+    for annotation_offset, right in ((offset, True), (0.0, False)):
+        crops = make_crops(
+            [shifted], CropGeometry(), mirrors, seed=3, progress=False, annotation_offset=annotation_offset
+        )
+        index = int(np.flatnonzero(crops.flipped)[0])
+        transform = crops.image_to_crop[index]
+        side = 1.0 / np.linalg.norm(transform[0, :2])
+        # The mirrored view's annotation: its content (the mirrored drawing) plus the offset in its own frame.
+        expected = (apply_affine(transform, content) + shift / side)[flip_permutation()]
+        error = crops.lips[index] - expected
+        if right:
+            np.testing.assert_allclose(error, 0.0, atol=1e-5)
+        else:  # about the content's axis: 2 offsets to the left
+            np.testing.assert_allclose(error[:, 0], -2 * shift[0] / side, atol=1e-5)
+    plain = crops.lips[int(np.flatnonzero(~crops.flipped)[0])]
+    np.testing.assert_allclose(
+        plain, apply_affine(crops.image_to_crop[0], content + shift), atol=1e-5
+    )  # not mirrored: as annotated

@@ -7,7 +7,7 @@ import pytest
 from lipseg.core.params import ParamsError
 from lipseg.data.helen import load_split
 from lipseg.data.rejects import DatasetError
-from lipseg.data.sources import DataParams, materialise
+from lipseg.data.sources import DataParams, folder_digest, materialise
 
 
 def test_helen_source_copies_the_layout_and_leaves_the_source_alone(tmp_path: Path, synthetic_dir: Path) -> None:
@@ -17,7 +17,11 @@ def test_helen_source_copies_the_layout_and_leaves_the_source_alone(tmp_path: Pa
     summary = materialise(
         DataParams(source="helen", helen_path=str(synthetic_dir)), out, tmp_path / "cache", progress=False
     )
+    digest = summary.pop("digest")
     assert summary == {"source": "helen", "images": 40, "annotations": 40}
+    assert len(digest) == 64 and digest == folder_digest(out)  # what a model trained on it records
+    (out / "images" / sorted(p.name for p in (out / "images").iterdir())[0]).write_bytes(b"changed")
+    assert folder_digest(out) != digest
     assert sorted(path.relative_to(synthetic_dir) for path in synthetic_dir.rglob("*")) == before
     assert not (out / "states.csv").exists()  # only the Helen layout is copied
     records, rejects = load_split(out, "test")

@@ -61,8 +61,21 @@ def test_hog_plus_cnn_asks_the_cnn_only_where_hog_found_nothing(synthetic_dir: P
 
 @pytest.mark.helen
 def test_hog_plus_cnn_finds_a_turned_face_hog_misses(helen_dir: Path) -> None:
-    image = cv2.imread(str(helen_dir / "images" / "3048153244_1.jpg"))  # a Helen test photo where HOG finds no face
+    image = cv2.imread(str(helen_dir / "images" / "3139620200_1.jpg"))  # a Helen test photo where HOG finds no face
     assert FaceDetector("hog")(image) == []
     detector = FaceDetector("hog+cnn")
     faces = detector(image)
     assert len(faces) == 1 and detector.fallbacks == 1 and faces[0].width > 80
+
+
+def test_photos_are_upsampled_only_while_no_face_is_found(synthetic_dir: Path) -> None:
+    """A face big enough at the photo's own size costs one pass; a small one is still found by upsampling."""
+    record = load_split(synthetic_dir, "train")[0][0]
+    image = cv2.imread(str(record.image_path))
+    big = cv2.resize(image, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_LINEAR)
+    small = cv2.resize(image, None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA)
+    at_own_size = FaceDetector("hog", 0)
+    assert at_own_size(big) and not at_own_size(small)  # the small face needs upsampling
+    detector = FaceDetector("hog", 1)
+    assert detector(big) and detector.upsampled == 0
+    assert detector(small) and detector.upsampled == 1

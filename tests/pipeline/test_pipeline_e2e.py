@@ -12,16 +12,12 @@ from pathlib import Path
 import pytest
 
 from lipseg.core.scratch import dvc_repro, make_scratch_repo, run_checked, set_params
+from lipseg.segmentation.nets import ARCHITECTURES
 
 ROOT = Path(__file__).resolve().parents[2]
 LIPEVAL = ROOT.parent / "shared" / "tools" / "lipeval.py"
 TCNN = ["download", "crop", "train_base", "extract_features", "fit_gmm", "finetune_heads", "evaluate"]
-SEGMENTERS = [
-    "train_segmenter@unet",
-    "train_segmenter@pspnet",
-    "train_segmenter@segnet",
-    "train_segmenter@deeplabv3plus",
-]
+SEGMENTERS = [f"train_segmenter@{arch}" for arch in ARCHITECTURES]
 ALL = TCNN + ["segment_crops", *SEGMENTERS, "evaluate_segmenters"]
 
 TINY = {
@@ -78,7 +74,7 @@ def test_full_run_then_incremental_reruns(pipeline_repo: tuple[Path, dict[str, s
     )
 
     segmenter_metrics = json.loads((repo / "metrics_segmenters.json").read_text())
-    assert set(segmenter_metrics["models"]) == {"tcnn landmarks", "unet", "pspnet", "segnet", "deeplabv3plus"}
+    assert set(segmenter_metrics["models"]) == {"tcnn landmarks", *ARCHITECTURES}
     for name, summary in segmenter_metrics["models"].items():
         assert 0.0 <= summary["f1_lips"] <= 1.0 and summary["images"] == 12, name
         assert len(list((repo / "reports/evaluate_segmenters/pred_test" / name.replace(" ", "_")).glob("*.png"))) == 12

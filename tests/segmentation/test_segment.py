@@ -12,17 +12,24 @@ import torch
 
 from lipseg.core.fit import FitConfig, fit
 from lipseg.data.crops import Jitter, LocatorSpread, SegmentCrops, channel_normalisation, images_to_tensor
-from lipseg.data.geometry import CropGeometry, apply_affine, crop_pixel_transform, image_to_crop_transform
+from lipseg.data.geometry import (
+    CropGeometry,
+    apply_affine,
+    crop_pixel_transform,
+    image_to_crop_transform,
+    warp_crop,
+)
 from lipseg.data.helen import load_split
+from lipseg.data.labels import IGNORE
 from lipseg.data.landmarks import HELEN_LIPS
 from lipseg.evaluation.masks import label_mask_from_lips
 from lipseg.evaluation.pixels import PixelCounts
-from lipseg.segmentation.crops import make_parts_crops, make_segment_crops
+from lipseg.segmentation.crops import draw_crops, make_face_sources, make_parts_sources, make_segment_crops
 from lipseg.segmentation.loss import LossWeights, segmentation_loss
 from lipseg.segmentation.model import SegmenterNet, load_pretrained, load_segmenter
 from lipseg.segmentation.nets import SegmenterConfig
-from lipseg.segmentation.runner import SegmenterRunner, paste_probabilities
-from lipseg.segmentation.training import SegmentationTask
+from lipseg.segmentation.runner import SegmenterRunner, crop_probabilities, paste_probabilities
+from lipseg.segmentation.training import OnlineSegmentationTask, SegmentationTask
 
 
 def segment_jitter(
@@ -218,11 +225,13 @@ def test_parts_crops_take_the_box_from_the_labelled_mouth(tmp_path: Path) -> Non
     cv2.imwrite(str(root / "train/labels/a.png"), labels)
     (root / "train/landmarks/a.txt").write_text("106\n" + "".join(f"{i} {i}\n" for i in range(106)))
     parts, rejects = list_records("lapa", root, "train")
-    crops = make_parts_crops(
-        parts, DEFAULT_CLASS_TABLES["lapa"], CropGeometry(40, 0.5), LocatorSpread(), None, progress=False
+    sources = make_parts_sources(parts, DEFAULT_CLASS_TABLES["lapa"], CropGeometry(40, 0.5), progress=False)
+    assert not rejects and len(sources) == 1 and np.isnan(sources.lips).all()
+    still = Jitter(copies=0, shift=0.0, scale=0.0, rotate_deg=0.0, brightness=0.0, flip=False)
+    _, masks = draw_crops(
+        sources, np.array([0]), 40, LocatorSpread(), still, np.array([[0, 0, 0, 0.5, 0.9, 0.5, 0.5, 0.5]])
     )
-    assert not rejects and len(crops) == 1
-    mask = crops.masks[0]
+    mask = masks[0]
     assert set(np.unique(mask)) == {0, 1, 2, 3}  # skin maps to background
     rows = np.argwhere(mask > 0)[:, 0]
     assert abs(rows.mean() - 19.5) < 2  # the mouth is centred in the crop
@@ -238,3 +247,151 @@ def test_crops_of_the_same_records_are_reproducible(records: list) -> None:
     for key, value in first.arrays().items():
         assert np.array_equal(value, second.arrays()[key]), key
     assert isinstance(SegmentCrops.from_arrays(first.arrays()), SegmentCrops)
+
+
+def test_online_crops_are_cut_anew_and_their_masks_follow_them(records: list) -> None:
+    """Each draw cuts a fresh crop from the face's patch, with the label mask drawn from the transformed points;
+    the same draws give the same crops, and a plain draw gives the plain crop."""
+    geometry = CropGeometry(48, 0.5)
+    sources = make_face_sources(records[:4], geometry, context=1.8, progress=False)
+    assert sources.images.shape == (4, 86, 86, 3) and not np.isnan(sources.lips).any()
+    plain = make_segment_crops(records[:4], geometry, LocatorSpread(), None, progress=False)
+    still = Jitter(copies=0, shift=0.0, scale=0.0, rotate_deg=0.0, brightness=0.0, flip=False)
+    draws = np.tile([0, 0, 0, 0.5, 0.9, 0.5, 0.5, 0.5], (4, 1))
+    crops, masks = draw_crops(sources, np.arange(4), 48, LocatorSpread(), still, draws)
+    assert np.abs(crops.astype(int) - plain.images.astype(int)).mean() < 3  # the patch holds the plain crop
+    assert (masks == plain.masks).mean() > 0.99
+    jitter = Jitter(copies=0, shift=0.05, scale=0.05, rotate_deg=10.0, brightness=0.2, flip=True)
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([rng.normal(size=(4, 3)), rng.uniform(size=(4, 5))], axis=1)
+    first, second = (
+        draw_crops(sources, np.arange(4), 48, LocatorSpread(), jitter, draws),
+        draw_crops(sources, np.arange(4), 48, LocatorSpread(), jitter, draws),
+    )
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    assert not np.array_equal(first[0], crops)
+
+
+def test_mirrored_online_masks_keep_the_annotations_frame(records: list) -> None:
+    """With annotations `offset` mouth widths right of the content, a mirrored crop's mask lies 2 offsets right
+    of the plain crop's mask mirrored (an annotator on the mirror image clicks right of its content too)."""
+    geometry = CropGeometry(96, 0.5)
+    sources = make_face_sources(records[:1], geometry, context=1.8, progress=False)
+    mirror = Jitter(copies=0, shift=0.0, scale=0.0, rotate_deg=0.0, brightness=0.0, flip=True)
+    draws = {flip: np.array([[0, 0, 0, 0.5, flip, 0.5, 0.5, 0.5]]) for flip in (0.9, 0.1)}  # not mirrored, mirrored
+    offset = 0.05
+    _, plain = draw_crops(sources, np.array([0]), 96, LocatorSpread(), mirror, draws[0.9], offset)
+    _, mirrored = draw_crops(sources, np.array([0]), 96, LocatorSpread(), mirror, draws[0.1], offset)
+    columns = np.arange(96)
+    centre_of = lambda mask: float((columns * (mask > 0).sum(axis=0)).sum() / (mask > 0).sum())  # noqa: E731
+    mouth_width_px = float((plain[0] > 0).any(axis=0).sum())
+    moved = centre_of(mirrored[0]) - (95 - centre_of(plain[0]))
+    assert abs(moved - 2 * offset * mouth_width_px) < 1.0
+
+
+def test_online_training_resumes_to_the_same_weights(records: list, tmp_path: Path) -> None:
+    """The loop's seeded generator draws every online crop, so a run killed after epoch 2 and resumed ends
+    with the weights of the uninterrupted run."""
+    geometry = CropGeometry(32, 0.5)
+    sources = make_face_sources(records[:12], geometry, context=1.6, progress=False)
+    val = make_segment_crops(records[12:16], geometry, LocatorSpread(), None, progress=False)
+    jitter = Jitter(copies=0, shift=0.03, scale=0.05, rotate_deg=8.0, brightness=0.2, flip=True)
+    config = FitConfig(optimizer="adamw", lr=5e-3, batch_size=4, max_epochs=4, patience=4, device="cpu")
+
+    def run(checkpoint: Path, on_epoch=None) -> SegmenterNet:
+        torch.manual_seed(0)
+        model = SegmenterNet(SegmenterConfig(arch="plain_unet", input_size=32, width=4, depth=3))
+        model.set_normalisation(*channel_normalisation(sources.images))
+        task = OnlineSegmentationTask(LossWeights(1.0, 1.0, 0.0), val, sources, 32, LocatorSpread(), jitter, 0.01)
+        fit(model, torch.arange(12), torch.arange(12), task, config, checkpoint, on_epoch=on_epoch, progress=False)
+        return model
+
+    reference = run(tmp_path / "reference.safetensors")
+
+    class Killed(Exception):
+        pass
+
+    def kill(record: dict) -> None:
+        if record["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tmp_path / "resumed.safetensors", kill)
+    resumed = run(tmp_path / "resumed.safetensors")
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_the_boundary_weight_counts_errors_on_class_borders_more() -> None:
+    from lipseg.segmentation.loss import class_borders
+
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[0, 6:10, 4:12] = 1  # an "upper lip" bar
+    borders = class_borders(labels)[0]
+    assert borders[6, 8] and borders[5, 8] and not borders[8, 8] and not borders[0, 0]
+    right = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 5
+    on_border, inside = right.clone(), right.clone()
+    background = torch.tensor([5.0, 0.0, 0.0, 0.0])[:, None]
+    on_border[0, :, 6, 4:12] = background  # wrong on the bar's top row (a border)
+    inside[0, :, 8, 4:12] = background  # wrong on an inner row
+    plain, weighted = LossWeights(1.0, 0.0, 0.0, 0.0), LossWeights(1.0, 0.0, 0.0, 4.0)
+    assert torch.isclose(segmentation_loss(on_border, labels, plain), segmentation_loss(inside, labels, plain))
+    assert segmentation_loss(on_border, labels, weighted) > 1.5 * segmentation_loss(inside, labels, weighted)
+
+
+def test_distillation_pulls_the_student_toward_the_teachers_probabilities(records: list) -> None:
+    from lipseg.segmentation.loss import distillation_loss
+
+    labels = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    labels[1, :, :2] = IGNORE
+    teacher = torch.softmax(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert float(distillation_loss(teacher.log(), teacher, labels)) == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.zeros(2, 4, 8, 8)
+    assert float(distillation_loss(uniform, teacher, labels)) > 0.01
+    changed = teacher.clone()
+    changed[1, :, :, :2] = torch.tensor([1.0, 0.0, 0.0, 0.0])[:, None, None]  # differs only on IGNORE pixels
+    assert float(distillation_loss(teacher.log(), changed, labels)) == pytest.approx(0.0, abs=1e-6)
+
+    geometry = CropGeometry(32, 0.5)
+    sources = make_face_sources(records[:6], geometry, context=1.6, progress=False)
+    val = make_segment_crops(records[6:8], geometry, LocatorSpread(), None, progress=False)
+    jitter = Jitter(copies=0, shift=0.03, scale=0.05, rotate_deg=8.0, brightness=0.2, flip=True)
+    teacher_net = SegmenterNet(SegmenterConfig(arch="plain_unet", input_size=32, width=4, depth=3))
+    with pytest.raises(ValueError, match="needs a teacher"):
+        OnlineSegmentationTask(LossWeights(1.0, 1.0, 0.0, 0.0, 1.0), val, sources, 32, LocatorSpread(), jitter)
+    with pytest.raises(ValueError, match="distill > 0"):
+        OnlineSegmentationTask(LossWeights(), val, sources, 32, LocatorSpread(), jitter, teacher=teacher_net)
+    task = OnlineSegmentationTask(
+        LossWeights(1.0, 1.0, 0.0, 0.0, 2.0), val, sources, 32, LocatorSpread(), jitter, teacher=teacher_net
+    )
+    inputs, targets = task.augment(torch.arange(4), torch.arange(4), torch.Generator().manual_seed(1))
+    assert targets.shape == (4, 5, 32, 32)  # labels, then the teacher's 4 class probabilities
+    with torch.no_grad():
+        expected = teacher_net(inputs).softmax(dim=1)
+    torch.testing.assert_close(targets[:, 1:], expected)
+    hard_only = segmentation_loss(expected.log(), targets[:, 0].to(torch.uint8), task.weights)
+    assert float(task.loss(expected.log(), targets)) == pytest.approx(float(hard_only), abs=1e-5)  # KL 0 at the teacher
+
+
+def test_an_ensemble_averages_its_members_probabilities(records: list, tmp_path: Path) -> None:
+    geometry = CropGeometry(32, 0.5).to_dict()
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        SegmenterNet(SegmenterConfig(arch="plain_unet", input_size=32, width=4, depth=3)).save(
+            tmp_path / f"m{seed}", geometry
+        )
+    image = cv2.imread(str(records[0].image_path))
+    lips = [records[0].points[HELEN_LIPS]]
+    single = [SegmenterRunner(tmp_path / f"m{seed}") for seed in (0, 1)]
+    pair = SegmenterRunner(tmp_path / "m0", ensemble=(tmp_path / "m1",))
+    transforms = pair.transforms(lips)
+    crops = np.stack([warp_crop(image, transform, 32) for transform in transforms])
+    averaged = (crop_probabilities(single[0].model, crops) + crop_probabilities(single[1].model, crops)) / 2
+    np.testing.assert_array_equal(
+        pair.label_mask(image, lips), paste_probabilities(averaged, transforms, *image.shape[:2])
+    )
+    SegmenterNet(SegmenterConfig(arch="plain_unet", input_size=48, width=4, depth=3)).save(
+        tmp_path / "m48", CropGeometry(48, 0.5).to_dict()
+    )
+    with pytest.raises(ValueError, match="one crop geometry"):
+        SegmenterRunner(tmp_path / "m0", ensemble=(tmp_path / "m48",))

@@ -94,7 +94,7 @@ def test_tweaked_onnx_matches_torch(tweaked_export, batch: int) -> None:
     crops = _crops(batch, seed=100 + batch)
     with torch.no_grad():
         lips, clusters = model.forward_with_clusters(torch.from_numpy(crops))
-    got_lips, got_clusters = onnx_session(onnx_dir / TWEAKED_FILE).run(None, {"crops": crops})
+    got_lips, got_clusters, _ = onnx_session(onnx_dir / TWEAKED_FILE).run(None, {"crops": crops})
     assert got_lips.shape == (batch, 56, 2) and got_lips.dtype == np.float32
     assert got_clusters.shape == (batch,) and got_clusters.dtype == np.int64
     np.testing.assert_array_equal(got_clusters, clusters.numpy())
@@ -130,7 +130,10 @@ def test_vanilla_onnx_matches_torch(vanilla_export, batch: int) -> None:
 
 def test_batch_axis_is_dynamic(tweaked_export) -> None:
     _, _, onnx_dir, _ = tweaked_export
-    for name, outputs in [(BASE_FILE, [["batch", 56, 2]]), (TWEAKED_FILE, [["batch", 56, 2], ["batch"]])]:
+    for name, outputs in [
+        (BASE_FILE, [["batch", 56, 2]]),
+        (TWEAKED_FILE, [["batch", 56, 2], ["batch"], ["batch", COMPONENTS, 56, 2]]),
+    ]:
         session = onnx_session(onnx_dir / name)
         (crops,) = session.get_inputs()
         assert crops.name == "crops" and crops.type == "tensor(float)" and crops.shape == ["batch", 3, 40, 40]
@@ -139,7 +142,7 @@ def test_batch_axis_is_dynamic(tweaked_export) -> None:
             results = session.run(None, {"crops": _crops(batch, seed=batch)})
             assert all(len(result) == batch for result in results)
     types = [output.type for output in onnx_session(onnx_dir / TWEAKED_FILE).get_outputs()]
-    assert types == ["tensor(float)", "tensor(int64)"]
+    assert types == ["tensor(float)", "tensor(int64)", "tensor(float)"]
     proto = onnx.load(str(onnx_dir / TWEAKED_FILE))
     assert [entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")] == [17]
 
@@ -160,6 +163,7 @@ def test_sidecar_describes_the_export(tweaked_export) -> None:
     assert [(spec["name"], spec["shape"], spec["dtype"]) for spec in tweaked["outputs"]] == [
         ("lips", ["batch", 56, 2], "float32"),
         ("cluster", ["batch"], "int64"),
+        ("head_lips", ["batch", COMPONENTS, 56, 2], "float32"),
     ]
     assert [spec["name"] for spec in sidecar["models"]["base"]["outputs"]] == ["lips"]
     for entry in sidecar["models"].values():  # the sidecar's names and shapes are the graphs' own
@@ -223,3 +227,29 @@ def test_session_threads_and_timing(tweaked_export) -> None:
     assert np.isfinite(milliseconds) and milliseconds > 0
     with pytest.raises(ValueError, match="crops"):
         time_onnx(onnx_dir / TWEAKED_FILE, np.zeros((3, 40, 40), np.float32), repeats=1)
+
+
+def test_flip_averaging_sends_the_mirror_image_through_the_plain_crops_head(tweaked_export) -> None:
+    """The gate decides once per face: in torch and in onnxruntime, the mirrored crop is read by the head the
+    plain crop chose, even where the gate alone would pick another head for the mirror image."""
+    from lipseg.core.tta import average_with_mirror
+    from lipseg.data.landmarks import flip_lips
+    from lipseg.tcnn.export import OnnxCropRunner
+    from lipseg.tcnn.predict import predict_crops
+
+    model, folder, _, _ = tweaked_export
+    crops = np.ascontiguousarray(_crops(200, 11).transpose(0, 2, 3, 1)).clip(0, 255).astype(np.uint8)  # (B, S, S, 3)
+    batch = torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()).float()
+    with torch.no_grad():
+        plain, chosen = model.forward_with_clusters(batch)
+        heads_on_mirror, gated_on_mirror = model.all_heads(torch.flip(batch, dims=[3]))
+    disagree = np.flatnonzero((chosen != gated_on_mirror).numpy())
+    assert len(disagree) > 0, "no crop whose mirror image the gate sends elsewhere: the test would prove nothing"
+    same_head = heads_on_mirror[torch.arange(len(batch)), chosen].numpy()
+    expected = average_with_mirror(plain.numpy(), same_head, flip_lips)
+    torch_result = predict_crops(model, crops, flip_average=True)
+    np.testing.assert_allclose(torch_result.lips, expected, atol=1e-5)
+    np.testing.assert_array_equal(torch_result.clusters, chosen.numpy())
+    onnx_result = OnnxCropRunner(folder)(crops, flip_average=True)
+    np.testing.assert_array_equal(onnx_result.clusters[disagree], chosen.numpy()[disagree])
+    np.testing.assert_allclose(onnx_result.lips[disagree], expected[disagree], atol=1e-3)

@@ -58,3 +58,17 @@ def test_copies_follow_their_source_crop() -> None:
     np.testing.assert_array_equal(labels[:20], assign(mixture, features))
     with pytest.raises(ValueError, match="no plain crop"):
         assign_by_source(mixture, shuffled, sources, np.ones(40, int))
+
+
+def test_k_is_chosen_on_one_crop_per_face_not_on_its_jittered_copies() -> None:
+    """Jittered copies of a face are near-duplicates: counted as independent samples they shrink BIC's
+    penalty and make K grow with the augmentation. K is chosen on the plain crops, then fitted to all."""
+    rng = np.random.default_rng(0)
+    faces = blobs(k=3, per=20, dims=6) + rng.normal(0, 0.06, (60, 6))  # three lip states, spread-out faces
+    copies = np.repeat(faces, 9, axis=0) + rng.normal(0, 0.004, (540, 6))  # nine jittered copies of each face
+    config = GMMConfig(k="auto", k_range=(2, 8), n_init=1)
+    on_copies, _ = fit_gmm(copies, config)
+    chosen, table = fit_gmm(copies, config, select_on=faces)
+    assert chosen.n_components == 3 < on_copies.n_components
+    assert min(table, key=lambda row: row["bic"])["k"] == 3
+    assert chosen.means_.shape == (3, 6) and len(assign(chosen, copies)) == 540

@@ -15,12 +15,15 @@ figures (so early stopping agrees and no rank hangs), and only rank 0 writes che
 from __future__ import annotations
 
 import copy
+import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -58,6 +61,10 @@ class FitConfig:
     lr_schedule: str = "plateau"  # plateau (scale by lr_factor after lr_patience bad epochs) | cosine | none
     lr_patience: int = 0  # 0 turns the plateau schedule off
     lr_factor: float = 0.5
+    warmup_epochs: int = 0  # cosine: the learning rate ramps up linearly over these epochs first
+    # True: train all max_epochs and keep the final weights (no early stopping), for a retrain whose
+    # validation data is also trained on, so that its best epoch would mean nothing
+    keep_last: bool = False
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0  # >0: DataLoader workers gather the batches (same batches, so the same weights)
@@ -152,8 +159,40 @@ def _scheduler(optimiser: torch.optim.Optimizer, config: FitConfig, mode: str):
             optimiser, mode=mode, factor=config.lr_factor, patience=config.lr_patience
         )
     if config.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.max_epochs)
+        warmup, decay = config.warmup_epochs, max(1, config.max_epochs - config.warmup_epochs)
+
+        def factor(epoch: int) -> float:  # BatchNorm statistics settle during the ramp before the full rate
+            if epoch < warmup:
+                return (epoch + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / decay))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
     return None
+
+
+def random_states() -> dict[str, Any]:
+    """The global random generators' states (dropout, augmentation drawn from torch/NumPy/Python), so a
+    resumed run draws what the uninterrupted one would have drawn."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "python": [version, list(internal), gauss],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_random_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def fit(
@@ -225,6 +264,7 @@ def fit(
         if state["scaler"]:  # empty when the scaler was off (CPU, or amp: false)
             scaler.load_state_dict(state["scaler"])
         shuffler.set_state(state["shuffler"])
+        restore_random_states(state["random"])
         best_state, bad_epochs, start_epoch = state["best_state"], state["bad_epochs"], state["epoch"] + 1
         result.history = list(state["history"])
         result.best_epoch, result.best_value = state["best_epoch"], state["best_value"]
@@ -316,8 +356,9 @@ def fit(
             best_state = copy.deepcopy(module.state_dict())
         else:
             bad_epochs += 1
-        finished = bad_epochs >= config.patience or epoch == config.max_epochs
-        result.stopped_early = bad_epochs >= config.patience
+        stop = bad_epochs >= config.patience and not config.keep_last
+        finished = stop or epoch == config.max_epochs
+        result.stopped_early = stop
         epochs.set_postfix({"loss": f"{train_loss:.4f}", task.monitor: f"{value:.4f}"})
         if on_epoch is not None and ranks.is_main:
             on_epoch(record)
@@ -330,6 +371,7 @@ def fit(
                     "module": module.state_dict(),
                     "optimiser": optimiser.state_dict(),
                     "shuffler": shuffler.get_state(),
+                    "random": random_states(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
                     "scaler": scaler.state_dict(),
                     "best_state": best_state,
@@ -343,5 +385,6 @@ def fit(
             )
         if finished:
             break
-    module.load_state_dict(best_state)
+    if not config.keep_last:
+        module.load_state_dict(best_state)
     return result

@@ -56,9 +56,13 @@ def run_checked(command: list[str], repo: Path, env: dict[str, str], timeout: fl
     return done.stdout + done.stderr
 
 
-def scratch_env() -> dict[str, str]:
-    """This interpreter's tools first on PATH (DVC runs `python stages/...`), the default MLflow store."""
+def scratch_env(repo: Path | None = None) -> dict[str, str]:
+    """This interpreter's tools first on PATH (DVC runs `python stages/...`), the default MLflow store;
+    with `repo`, its own src/ first on PYTHONPATH, so the stages run the code DVC hashed there even when
+    the project's working tree changes meanwhile."""
     env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "LIPSEG_PIPELINE_ID")}
+    if repo is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(repo).resolve() / "src"), env.get("PYTHONPATH")]))
     env.update(
         {
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -74,18 +78,24 @@ def scratch_env() -> dict[str, str]:
     return env
 
 
-def make_scratch_repo(repo: Path, project_root: Path, params: dict[str, Any] | None = None) -> dict[str, str]:
-    """Copy the pipeline into `repo`, apply `params` changes, `git init` + `dvc init`; return the env."""
+def copy_project(repo: Path, project_root: Path, params: dict[str, Any] | None = None) -> None:
+    """The project's pipeline files into `repo` (replacing what is there), with `params` changes applied."""
     repo.mkdir(parents=True, exist_ok=True)
     for item in PROJECT_FILES:
         shutil.copy2(project_root / item, repo / item)
     for folder in PROJECT_FOLDERS:
+        shutil.rmtree(repo / folder, ignore_errors=True)
         shutil.copytree(
             project_root / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
         )
     if params:
         set_params(repo, params)
-    env = scratch_env()
+
+
+def make_scratch_repo(repo: Path, project_root: Path, params: dict[str, Any] | None = None) -> dict[str, str]:
+    """Copy the pipeline into `repo`, apply `params` changes, `git init` + `dvc init`; return the env."""
+    copy_project(repo, project_root, params)
+    env = scratch_env(repo)
     run_checked(["git", "init", "-q"], repo, env)
     dvc = [sys.executable, "-m", "dvc"]
     run_checked([*dvc, "init", "-q"], repo, env)
@@ -105,18 +115,37 @@ def dvc_repro(repo: Path, env: dict[str, str], targets: tuple[str, ...] = ()) ->
 
 
 def helen_scratch_repo(
-    helen: Path, workdir: Path | None, settings: list[str], prefix: str = "lipseg-bench-"
+    helen: Path,
+    workdir: Path | None,
+    settings: list[str],
+    prefix: str = "lipseg-bench-",
+    profile: dict[str, Any] | None = None,
+    keep: bool = False,
 ) -> tuple[Path, dict[str, str]]:
-    """A fresh scratch repo (`workdir`/repo, or under a temp dir) whose pipeline reads the Helen-layout
-    folder `helen`, with `KEY=VALUE` settings on top of params.yaml: what the benchmarks run in."""
+    """A scratch repo (`workdir`/repo, or under a temp dir) whose pipeline reads the Helen-layout folder
+    `helen`, with a `profile` (params overrides, e.g. profiles/helen.yaml) and `KEY=VALUE` settings on top
+    of params.yaml: what the benchmarks and the release run in. With `keep`, an existing one keeps its
+    outputs and DVC cache and only takes the project's current files and params, so the next `dvc repro`
+    reruns just what changed."""
     import tempfile
 
     if not (helen / "annotation").is_dir():
         raise SystemExit(f"Helen-layout folder not found: {helen}")
     repo = (workdir or Path(tempfile.mkdtemp(prefix=prefix))).resolve() / "repo"  # commands run inside it
+    overrides = deep_update(deep_update({}, profile or {}), parse_overrides(settings))
+    overrides = deep_update(overrides, {"data": {"source": "helen", "helen_path": str(helen.resolve())}})
+    project_root = Path(__file__).resolve().parents[3]
+    if keep and (repo / ".dvc").is_dir():
+        copy_project(repo, project_root, overrides)
+        return repo, scratch_env(repo)
     if repo.exists():
         shutil.rmtree(repo)
-    overrides = deep_update(
-        {"data": {"source": "helen", "helen_path": str(helen.resolve())}}, parse_overrides(settings)
-    )
-    return repo, make_scratch_repo(repo, Path(__file__).resolve().parents[3], overrides)
+    return repo, make_scratch_repo(repo, project_root, overrides)
+
+
+def load_profile(path: Path) -> dict[str, Any]:
+    """A params profile: a YAML file of params.yaml sections to override (only the keys it names)."""
+    profile = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(profile, dict):
+        raise ValueError(f"{path}: a profile is a mapping of params.yaml sections")
+    return profile

@@ -188,9 +188,11 @@ class StageRun:
         example_output: np.ndarray,
         name: str = MODEL_NAME,
         alias: str = "champion",
+        model_config: dict[str, Any] | None = None,
     ) -> str:
         """Log the model folder as a pyfunc (models-from-code: MLflow runs `code_path`, so nothing is
-        pickled), register it as `name` with a signature, and point `alias` at the new version."""
+        pickled) with `model_config` (how it predicts), register it as `name` with a signature, and point
+        `alias` at the new version."""
         from mlflow.models import infer_signature
 
         info = mlflow.pyfunc.log_model(
@@ -198,6 +200,7 @@ class StageRun:
             python_model=str(code_path),
             artifacts={"model_folder": str(model_folder)},
             signature=infer_signature(example_input, example_output),
+            model_config=model_config or {},
             input_example=None,
             pip_requirements=["lipseg", "torch==2.13.0", "safetensors", "numpy"],
             registered_model_name=name,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,10 @@ class CropArrays:
     def __len__(self) -> int:
         return len(self.images)  # type: ignore[attr-defined]
 
+    def concatenate(self, other: Self) -> Self:
+        joined = {key: np.concatenate([value, getattr(other, key)]) for key, value in self.arrays().items()}
+        return type(self)(**joined, rejects=self.rejects + other.rejects)
+
 
 @dataclass
 class CropSet(CropArrays):
@@ -74,9 +80,18 @@ class SegmentCrops(CropArrays):
     copy_index: np.ndarray  # (N,) int32, 0 = plain crop
     rejects: list[Reject] = field(default_factory=list)
 
-    def concatenate(self, other: SegmentCrops) -> SegmentCrops:
-        joined = {key: np.concatenate([value, getattr(other, key)]) for key, value in self.arrays().items()}
-        return SegmentCrops(**joined, rejects=self.rejects + other.rejects)
+
+@dataclass
+class FaceSources(CropArrays):
+    """Per training face, a patch around its mouth with room for any jittered box: the segmenters' training
+    crops are cut from it anew at every step, each with a fresh jitter (lipseg.segmentation.crops)."""
+
+    images: np.ndarray  # (N, P, P, 3) uint8 BGR at the plain crop's scale, centred on it: its box is S px there
+    lips: np.ndarray  # (N, 56, 2) float32 Helen lip points in patch pixels; NaN for faces labelled by masks
+    labels: np.ndarray  # (N, P, P) uint8 label masks (0..3, 255 ignore) for faces without points, else 0
+    names: np.ndarray  # (N,) str
+    copy_index: np.ndarray  # (N,) int32, all 0: one source per face
+    rejects: list[Reject] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -167,15 +182,30 @@ def channel_normalisation(images: np.ndarray, min_std: float = 1.0) -> tuple[np.
     return pixels.mean(axis=0).astype(np.float32), np.maximum(pixels.std(axis=0), min_std).astype(np.float32)
 
 
-def split_train_val(records: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """Carve a validation split from train by a seeded shuffle (the test split is never used for tuning)."""
+def photo_of(name: str, pattern: str) -> str:
+    """The photo a face belongs to: `pattern`'s first group when the name matches it (Helen names a face
+    `<photo>_<n>`), else the name itself (a photo of its own)."""
+    match = re.fullmatch(pattern, name)
+    return match.group(1) if match else name
+
+
+def split_train_val(
+    records: list, val_fraction: float, seed: int, photo_pattern: str = r"(.+)_\d{1,2}"
+) -> tuple[list, list]:
+    """Carve a validation split from train by a seeded shuffle of whole photos, so two faces of one photo
+    never sit on both sides (the test split is never used for tuning). About `val_fraction` of the faces."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"crop.val_fraction must be in (0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(len(records))
-    val_count = max(1, round(len(records) * val_fraction)) if len(records) > 1 else 0
-    val_index = set(order[:val_count].tolist())
-    train = [record for index, record in enumerate(records) if index not in val_index]
-    val = [record for index, record in enumerate(records) if index in val_index]
+    photos = list(dict.fromkeys(photo_of(record.name, photo_pattern) for record in records))
+    sizes = Counter(photo_of(record.name, photo_pattern) for record in records)
+    wanted = max(1, round(len(records) * val_fraction)) if len(photos) > 1 else 0
+    val_photos: set[str] = set()
+    for index in np.random.default_rng(seed).permutation(len(photos)):
+        if sum(sizes[photo] for photo in val_photos) >= wanted:
+            break
+        val_photos.add(photos[index])
+    train = [record for record in records if photo_of(record.name, photo_pattern) not in val_photos]
+    val = [record for record in records if photo_of(record.name, photo_pattern) in val_photos]
     return train, val
 
 

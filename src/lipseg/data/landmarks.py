@@ -92,8 +92,22 @@ def flip_permutation() -> np.ndarray:
     return np.concatenate([np.arange(b * BLOCK, (b + 1) * BLOCK)[::-1] for b in range(4)])
 
 
-def flip_lips(lips: np.ndarray, axis_x: float = 0.0) -> np.ndarray:
-    """Mirror canonical lip points about x = axis_x; works on (56, 2) or (B, 56, 2)."""
+def flip_lips(lips: np.ndarray, axis_x: float | np.ndarray = 0.0) -> np.ndarray:
+    """Mirror canonical lip points about x = axis_x; works on (56, 2) or (B, 56, 2) (axis_x then (B, 1))."""
     p = np.array(lips, np.float32, copy=True)
     p[..., 0] = 2.0 * axis_x - p[..., 0]
     return p[..., flip_permutation(), :]
+
+
+def annotation_axis(lips: np.ndarray, annotation_offset: float) -> np.ndarray:
+    """Where to mirror lips (x, in their own units) so the mirrored points are what an annotator would
+    have clicked on the mirrored image.
+
+    Annotations can sit off the image content by a fixed share of the mouth width (`annotation_offset`,
+    x; Helen's lie 1 % of the mouth width to the right). Mirroring about the content's axis would turn
+    +offset into -offset, and a network trained on both would learn neither; mirroring about the axis
+    shifted by the offset keeps the mirrored points in the annotation frame. Mouth centred at 0 (crop
+    coordinates): (56, 2) -> scalar-like (1,), (B, 56, 2) -> (B, 1)."""
+    p = np.asarray(lips, np.float64)
+    widths = mouth_widths(p.reshape(-1, LIP_COUNT, 2))
+    return (annotation_offset * widths).reshape(p.shape[:-2] + (1,)).astype(np.float32)

@@ -80,4 +80,30 @@ def materialise(params: DataParams, out_dir: Path, cache_dir: Path, progress: bo
                 )
             files.append(RemoteFile(url=item["url"], sha256=item["sha256"], filename=item.get("filename")))
         summary = fetch_dataset(files, out_dir, cache_dir, progress=progress)
-    return {"source": params.source, **summary}
+    return {"source": params.source, **summary, "digest": folder_digest(out_dir)}
+
+
+DATASET_FILE = "dataset.json"  # what the download stage wrote: source and content digest, read by the crop stage
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes: what exactly a model was trained on."""
+    import hashlib
+
+    from lipseg.core.files import sha256_file
+
+    digest = hashlib.sha256()
+    for path in sorted(item for item in Path(folder).rglob("*") if item.is_file() and item.name != DATASET_FILE):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def describe_dataset(folder: Path) -> dict[str, Any]:
+    """What the download stage recorded about a dataset folder (source, digest, counts); a folder made by
+    hand has no record, and is described as of unknown source with its digest taken now."""
+    import json
+
+    record = Path(folder) / DATASET_FILE
+    if record.is_file():
+        return json.loads(record.read_text(encoding="utf-8"))
+    return {"source": "unknown", "digest": folder_digest(folder)}

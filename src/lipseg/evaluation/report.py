@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from lipseg.core.images import image_size
+from lipseg.data.helen import Record
 from lipseg.data.landmarks import (
     HELEN_LIPS,
     HELEN_NUM_POINTS,
@@ -44,6 +46,12 @@ class GroundTruthFace:
     height: int
     width: int
     name: str = ""
+
+
+def face_truth(record: Record) -> GroundTruthFace:
+    """A Helen record's ground truth, its image size read from the image header."""
+    height, width = image_size(record.image_path)
+    return GroundTruthFace(points=record.points, height=height, width=width, name=record.name)
 
 
 FacePrediction = Sequence[np.ndarray] | np.ndarray | None

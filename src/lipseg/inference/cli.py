@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lipseg.core.images import DEFAULT_MAX_PIXELS
-from lipseg.inference.models import ModelNotFoundError, resolve_model, segmenter_folder
+from lipseg.inference.models import ModelNotFoundError, resolve_model, segmenter_folder, training_data_warning
 from lipseg.inference.outputs import (
     Summary,
     collect_inputs,
@@ -33,8 +33,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if not inputs and not problems:
         raise CliError("no images or videos found in the given paths")
     try:
+        model = resolve_model(args.model)
         predictor = LipPredictor(
-            resolve_model(args.model),
+            model,
             args.detector,
             args.upsample,
             args.mouth,
@@ -44,12 +45,15 @@ def run_predict(args: argparse.Namespace) -> int:
             cascade_passes=args.cascade_passes,
         )
         segmenter = None
-        if (folder := segmenter_folder(args.mask_source, args.segmenter)) is not None:
+        if (folder := segmenter_folder(args.mask_source, args.segmenter, model)) is not None:
             from lipseg.segmentation.runner import SegmenterRunner
 
             segmenter = SegmenterRunner(folder, flip_average=args.segmenter_flip_tta, threads=args.threads or None)
     except (ModelNotFoundError, ModelFolderError) as error:
         raise CliError(str(error)) from error
+    for folder, meta in [(model, predictor.meta), *([(segmenter.folder, segmenter.meta)] if segmenter else [])]:
+        if (warning := training_data_warning(folder, meta)) is not None:
+            print(f"lipseg: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         print(
             f"lipseg: masks from {mask_source_name(segmenter)}" + (f" ({segmenter.folder})" if segmenter else ""),
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         metavar="MODEL",
         help="model folder or MLflow URI such as models:/lipseg-tcnn@champion "
-        "(default: the project's latest trained model, models/tcnn)",
+        "(default: the release model that ships with lipseg, trained on Helen)",
     )
     predict.add_argument(
         "--detector",
@@ -120,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="dlib face detector; hog+cnn runs the CNN only where HOG finds no face (default: hog)",
     )
     predict.add_argument(
-        "--upsample", type=int, default=1, help="dlib detector upsampling, finds smaller faces (default: 1)"
+        "--upsample",
+        type=int,
+        default=1,
+        help="the most dlib's detector upsamples a photo to find smaller faces; a photo is upsampled only while "
+        "no face is found at the smaller sizes (default: 1)",
     )
     predict.add_argument(
         "--mouth",
@@ -204,9 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(inputs, outputs, crop geometry). Each graph is run in onnxruntime and compared with torch.",
     )
     export.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
-    export.add_argument(
-        "--model", metavar="MODEL", help="model folder or MLflow URI (default: the project's models/tcnn)"
-    )
+    export.add_argument("--model", metavar="MODEL", help="model folder or MLflow URI (default: the release model)")
     export.add_argument("--out", required=True, metavar="DIR", help="output folder")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     export.set_defaults(handler=run_export)

@@ -78,7 +78,11 @@ def _face_box(rect, score: float) -> FaceBox:
 
 class FaceDetector:
     """dlib's HOG frontal face detector (fast, CPU), its CNN mmod detector (slower, finds turned faces),
-    or HOG with the CNN as a fallback on images where HOG finds no face (`hog+cnn`)."""
+    or HOG with the CNN as a fallback on images where HOG finds no face (`hog+cnn`).
+
+    `upsample` is the most the image is upsampled: each image is searched at its own size first and
+    upsampled one step at a time only while no face is found, so the small faces upsampling finds are
+    still found, at the cost of upsampling only on the images that need it."""
 
     def __init__(self, kind: str = "hog", upsample: int = 1):
         if kind not in DETECTORS:
@@ -88,16 +92,24 @@ class FaceDetector:
         self._hog = dlib.get_frontal_face_detector() if kind in ("hog", "hog+cnn") else None
         self._cnn = dlib.cnn_face_detection_model_v1(str(model_file(MMOD_CNN))) if kind in ("cnn", "hog+cnn") else None
         self.fallbacks = 0  # images on which hog+cnn needed the CNN
+        self.upsampled = 0  # images whose faces were found only after upsampling
 
     def __call__(self, image_bgr: np.ndarray, rgb: np.ndarray | None = None) -> list[FaceBox]:
         rgb = to_rgb(image_bgr) if rgb is None else rgb
         faces = []
         if self._hog is not None:
-            rects, scores, _ = self._hog.run(rgb, self.upsample, 0.0)
-            faces = [_face_box(rect, score) for rect, score in zip(rects, scores)]
+            for level in range(self.upsample + 1):
+                rects, scores, _ = self._hog.run(rgb, level, 0.0)
+                faces = [_face_box(rect, score) for rect, score in zip(rects, scores)]
+                self.upsampled += bool(faces) and level > 0
+                if faces:
+                    break
         if self._cnn is not None and not faces:
-            upsample = self.upsample if self._hog is None else FALLBACK_UPSAMPLE
-            faces = [_face_box(detection.rect, detection.confidence) for detection in self._cnn(rgb, upsample)]
+            levels = range(self.upsample + 1) if self._hog is None else [FALLBACK_UPSAMPLE]
+            for level in levels:
+                faces = [_face_box(detection.rect, detection.confidence) for detection in self._cnn(rgb, level)]
+                if faces:
+                    break
             self.fallbacks += self._hog is not None
         return sorted(faces, key=lambda face: -face.score)
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from lipseg.core.model_folder import META_FILE
-from lipseg.core.paths import BEST_SEGMENTER, TCNN_MODEL, project_root
+from lipseg.core.paths import BEST_SEGMENTER, project_root
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
@@ -32,16 +32,17 @@ def download_model_folder(uri: str, cache_dir: Path | None = None) -> Path:
     return folders[0]
 
 
+RELEASE = Path(__file__).resolve().parents[1] / "weights"  # the release model that ships inside the package
+RELEASE_TCNN, RELEASE_SEGMENTER = RELEASE / "tcnn", RELEASE / "segmenter"
+
+
 def resolve_model(spec: str | None, cache_dir: Path | None = None) -> Path:
-    """--model: a model folder, an MLflow model URI (models:/name@alias, runs:/...), or the project's
-    latest trained model (models/tcnn) when omitted."""
+    """--model: a model folder, an MLflow model URI (models:/name@alias, runs:/...), or the release model
+    that ships with lipseg when omitted (from any folder: a project's own models are used when named)."""
     if spec is None:
-        project = project_root()
-        if project is None or not (project / TCNN_MODEL).is_dir():
-            raise ModelNotFoundError(
-                "no trained model found (models/tcnn); run `dvc repro` in the project or pass --model"
-            )
-        return project / TCNN_MODEL
+        if not (RELEASE_TCNN / META_FILE).is_file():
+            raise ModelNotFoundError(f"this lipseg has no release model ({RELEASE_TCNN} is missing); pass --model")
+        return RELEASE_TCNN
     if spec.startswith(MLFLOW_SCHEMES):
         return download_model_folder(spec, cache_dir)
     folder = Path(spec)
@@ -52,14 +53,17 @@ def resolve_model(spec: str | None, cache_dir: Path | None = None) -> Path:
     return folder
 
 
-def segmenter_folder(mask_source: str, spec: str | None) -> Path | None:
+def segmenter_folder(mask_source: str, spec: str | None, model: Path | None = None) -> Path | None:
     """--mask-source/--segmenter -> the segmenter folder to use, or None for the landmark polygons.
 
-    `auto` takes the segmenter that evaluate_segmenters found best (models/segmenters/best.json) when it
-    beat the landmark polygons on the validation photos and its folder is here; otherwise the polygons."""
+    `auto` takes, in order: the release segmenter when the TCNN is the release model; the segmenter that
+    evaluate_segmenters found best in this project (models/segmenters/best.json) when it beat the landmark
+    polygons on the validation photos; otherwise the polygons. `segmenter` insists on one of those."""
     if mask_source == "landmarks":
         return None
     folder = Path(spec) if spec else None
+    if folder is None and model == RELEASE_TCNN and (RELEASE_SEGMENTER / META_FILE).is_file():
+        folder = RELEASE_SEGMENTER
     if folder is None:
         project = project_root()
         best_file = project / BEST_SEGMENTER if project else None
@@ -76,3 +80,17 @@ def segmenter_folder(mask_source: str, spec: str | None) -> Path | None:
             "--mask-source segmenter: no segmenter found (run `dvc repro evaluate_segmenters` or pass --segmenter DIR)"
         )
     return folder
+
+
+def training_data_warning(folder: Path, meta: dict) -> str | None:
+    """A warning for a model not trained on real photos (the embedded synthetic faces), or that cannot
+    say what it was trained on; None for a model trained on real faces."""
+    source = (meta.get("training_data") or {}).get("source")
+    if source is None:
+        return f"{folder} does not record what it was trained on; it may not suit real photos"
+    if source == "synthetic":
+        return (
+            f"{folder} was trained on the embedded synthetic faces (data.source: synthetic), not on real photos: "
+            "its landmarks and masks on real photos are poor; the release model (no --model) is trained on Helen"
+        )
+    return None

@@ -16,7 +16,7 @@ from lipseg.data.helen import Record
 from lipseg.data.landmarks import HELEN_LIPS
 from lipseg.data.photos import read_record_images
 from lipseg.data.rejects import Reject
-from lipseg.evaluation.masks import label_mask_from_lips
+from lipseg.evaluation.masks import label_mask_from_faces, label_mask_from_lips
 from lipseg.evaluation.overlays import crop_around, overlay
 from lipseg.evaluation.pixels import PixelCounts
 from lipseg.evaluation.report import pick_face
@@ -65,6 +65,24 @@ class MaskScores:
 LANDMARKS = "tcnn landmarks"  # the mask source that fills the TCNN's polygons
 
 
+def _mask(
+    source: str, image: np.ndarray, faces_lips: list[np.ndarray], runners: dict[str, SegmenterRunner]
+) -> np.ndarray:
+    if source == LANDMARKS:
+        return label_mask_from_faces(faces_lips, *image.shape[:2])
+    return runners[source].label_mask(image, faces_lips)
+
+
+@dataclass
+class Comparison:
+    """Each mask source's scores two ways, mouth close-ups for a figure and the photos without a face."""
+
+    nearest: dict[str, MaskScores]  # the face nearest the annotated mouth alone (lipeval's choice for JSON)
+    as_predicted: dict[str, MaskScores]  # every face found, exactly the PNG `lipseg predict` writes
+    tiles: dict[str, list[np.ndarray]]
+    no_face: int
+
+
 def compare_mask_sources(
     records: list[Record],
     predictor,
@@ -75,15 +93,15 @@ def compare_mask_sources(
     progress: bool = True,
     rejects: list[Reject] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> tuple[dict[str, MaskScores], dict[str, list[np.ndarray]], int]:
+) -> Comparison:
     """Every mask source on the same faces: `predictor` (a LipPredictor) finds the faces and their TCNN
-    lips, then the landmark polygons and each segmenter label the face nearest the annotated mouth
-    (lipeval's choice for JSON predictions; a PNG has no faces, or the other faces would count as false
-    positives). Returns the scores, mouth close-ups for `figure_names` (ground truth first) and the
-    number of photos without a face; with `prediction_dir`, writes <dir>/<source>/<name>.png for lipeval.
-    Photos that cannot be used are appended to `rejects` with the reason."""
-    scores = {name: MaskScores() for name in [LANDMARKS, *runners]}
-    tiles: dict[str, list[np.ndarray]] = {name: [] for name in ["ground truth", *scores]}
+    lips, then the landmark polygons and each segmenter label them. Scored two ways: the face nearest the
+    annotated mouth alone (other faces of a photo may be unannotated, and would count as false positives),
+    and every face, as `lipseg predict` writes it. With `prediction_dir`, writes what predict writes as
+    <dir>/<source>/<name>.png for lipeval. Photos that cannot be used are appended to `rejects`."""
+    names = [LANDMARKS, *runners]
+    nearest, as_predicted = {name: MaskScores() for name in names}, {name: MaskScores() for name in names}
+    tiles: dict[str, list[np.ndarray]] = {name: [] for name in ["ground truth", *names]}
     no_face = 0
     for record, image in read_record_images(records, [] if rejects is None else rejects, max_pixels, desc, progress):
         height, width = image.shape[:2]
@@ -92,23 +110,23 @@ def compare_mask_sources(
         faces = [face.lips for face in predictor.predict(image).faces]
         no_face += not faces
         chosen = [pick_face(faces, gt_lips)] if faces else []
-        for name, mask_scores in scores.items():
+
+        for name in names:
             started = time.perf_counter()
-            if name == LANDMARKS:
-                mask = label_mask_from_lips(chosen[0], height, width) if chosen else np.zeros((height, width), np.uint8)
-            else:
-                mask = runners[name].label_mask(image, chosen)
+            mask = _mask(name, image, chosen, runners)
             if chosen:
-                mask_scores.milliseconds.append((time.perf_counter() - started) * 1000)
-            mask_scores.add(mask, truth, gt_lips)
+                nearest[name].milliseconds.append((time.perf_counter() - started) * 1000)
+            nearest[name].add(mask, truth, gt_lips)
+            everyone = mask if len(faces) <= 1 else _mask(name, image, faces, runners)
+            as_predicted[name].add(everyone, truth, gt_lips)
             if prediction_dir is not None:
-                write_png_atomic(prediction_dir / name.replace(" ", "_") / f"{record.name}.png", mask)
+                write_png_atomic(prediction_dir / name.replace(" ", "_") / f"{record.name}.png", everyone)
             if record.name in figure_names:
                 points = chosen[0] if chosen and name == LANDMARKS else None
                 tiles[name].append(crop_around(overlay(image, mask, points), gt_lips, 0.35)[0])
         if record.name in figure_names:
             tiles["ground truth"].append(crop_around(overlay(image, truth, gt_lips), gt_lips, 0.35)[0])
-    return scores, tiles, no_face
+    return Comparison(nearest, as_predicted, tiles, no_face)
 
 
 def comparison_table(summaries: dict[str, dict]) -> str:

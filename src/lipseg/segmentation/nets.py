@@ -1,4 +1,4 @@
-"""Four small pixel-wise segmenters for mouth crops: U-Net, PSPNet, SegNet and DeepLabv3+.
+"""Five small pixel-wise segmenters for mouth crops: U-Net, PSPNet, SegNet, DeepLabv3+ and a plain U-Net.
 
 Every network maps a normalised (B, in_channels, S, S) crop to per-pixel class logits (B, num_classes, S, S);
 with the default 4 classes these are 0 background, 1 upper lip, 2 inner mouth, 3 lower lip. All four are built
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURES = ("unet", "pspnet", "segnet", "deeplabv3plus")
+ARCHITECTURES = ("unet", "pspnet", "segnet", "deeplabv3plus", "plain_unet")
 
 # Stage widths are width * these: fast growth early, where maps are large and channels cost the most time,
 # gentler later, where maps are small and channels cost parameters. Stages past the list repeat the last one.
@@ -44,6 +44,9 @@ class SegmenterConfig:
     channel_multipliers: list[int] | None = None
     expansion: int = 4  # inverted-residual expansion ratio (MobileNetV2 uses 6; 4 is cheaper at these widths)
     dropout: float = 0.0  # before the classifier
+    # Where the training annotations sit off the image content, in mouth widths (x): flip averaging mirrors
+    # the probability maps back about that axis (lipseg.data.landmarks.annotation_axis).
+    annotation_offset: float = 0.0
 
     def __post_init__(self) -> None:
         if self.channel_multipliers is not None:
@@ -365,7 +368,45 @@ class DeepLabV3Plus(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
-MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "pspnet": PSPNet, "segnet": SegNet, "deeplabv3plus": DeepLabV3Plus}
+class PlainUNet(nn.Module):
+    """The plain U-Net: two dense 3x3 conv-BN-ReLU per level, max-pool down; up, the deeper map is resized
+    bilinearly and projected by a 1x1 conv onto the skip, added, and two 3x3 convs follow. No depthwise
+    convs: on a CPU they cost far more time than their FLOPs suggest at these sizes."""
+
+    def __init__(self, config: SegmenterConfig):
+        super().__init__()
+        self.config = config
+        channels = config.stage_channels()  # [12, 24, 48, 72]: one per resolution, 96 px down to 12 px
+
+        def double(in_ch: int, out_ch: int) -> nn.Sequential:
+            return nn.Sequential(ConvBNAct(in_ch, out_ch, 3), ConvBNAct(out_ch, out_ch, 3))
+
+        self.down = nn.ModuleList(double(a, b) for a, b in zip([config.in_channels, *channels[:-1]], channels))
+        self.project = nn.ModuleList(
+            nn.Conv2d(deep, shallow, 1) for deep, shallow in zip(channels[:0:-1], channels[-2::-1])
+        )
+        self.up = nn.ModuleList(double(ch, ch) for ch in channels[-2::-1])
+        self.head = classifier(channels[0], config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for index, block in enumerate(self.down):
+            x = block(x if index == 0 else F.max_pool2d(x, 2))  # (B, 12, 96, 96) ... (B, 72, 12, 12)
+            skips.append(x)
+        y = skips.pop()
+        for project, block in zip(self.project, self.up, strict=True):
+            skip = skips.pop()
+            y = block(skip + project(upsample_like(y, skip)))  # (B, 48, 24, 24) ... (B, 12, 96, 96)
+        return self.head(y)  # (B, 4, 96, 96)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "unet": UNet,
+    "pspnet": PSPNet,
+    "segnet": SegNet,
+    "deeplabv3plus": DeepLabV3Plus,
+    "plain_unet": PlainUNet,
+}
 
 
 def init_weights(module: nn.Module) -> None:

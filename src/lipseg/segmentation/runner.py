@@ -19,24 +19,50 @@ from lipseg.data.geometry import (
     warp_crop,
 )
 from lipseg.data.labels import BACKGROUND, NUM_CLASSES
+from lipseg.data.landmarks import mouth_width
 from lipseg.segmentation.model import SegmenterNet, load_segmenter
+
+
+def unmirror_maps(maps: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Probability maps (F, C, S, S) predicted on mirrored crops, back in the plain crops' frame: mirrored,
+    then moved `shifts` (F,) crop pixels right, where the annotation frame's axis sits off the content's
+    (lipseg.data.landmarks.annotation_axis; 0: a plain mirror)."""
+    back = np.ascontiguousarray(maps[..., ::-1])
+    for index, shift in enumerate(shifts):
+        if shift:
+            move = np.float64([[1, 0, shift], [0, 1, 0]])
+            channels = back[index].transpose(1, 2, 0)  # (S, S, C): cv2 warps channels last
+            moved = cv2.warpAffine(
+                channels, move, channels.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
+            back[index] = moved.reshape(channels.shape).transpose(2, 0, 1)
+    return back
 
 
 @torch.no_grad()
 def crop_probabilities(
-    model: SegmenterNet, crops: np.ndarray, flip_average: bool = False, batch_size: int = 64
+    model: SegmenterNet,
+    crops: np.ndarray,
+    flip_average: bool = False,
+    batch_size: int = 64,
+    shifts: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(F, S, S, 3) uint8 crops -> (F, 4, S, S) float32 class probabilities (flip TTA averages the
-    mirrored crop's, mirrored back)."""
+    """(F, S, S, 3) uint8 crops -> (F, 4, S, S) float32 class probabilities. Flip averaging adds the
+    mirrored crop's, mirrored back about the annotation frame's axis (`shifts`: crop pixels per crop)."""
     model.eval()
     device = next(model.parameters()).device
+    shifts = np.zeros(len(crops)) if shifts is None else np.asarray(shifts, np.float64)
     out = []
     for start in range(0, len(crops), batch_size):
         batch = images_to_tensor(crops[start : start + batch_size]).to(device)
-        probabilities = model(batch).softmax(dim=1)
+        probabilities = model(batch).softmax(dim=1).float().cpu().numpy()
         if flip_average:
-            probabilities = average_with_mirror(probabilities, model(mirrored(batch)).softmax(dim=1), mirrored)
-        out.append(probabilities.float().cpu().numpy())
+            on_mirror = model(mirrored(batch)).softmax(dim=1).float().cpu().numpy()
+            batch_shifts = shifts[start : start + batch_size]
+            probabilities = average_with_mirror(
+                probabilities, on_mirror, lambda maps, moves=batch_shifts: unmirror_maps(maps, moves)
+            )
+        out.append(probabilities)
     size = model.config.input_size
     return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES, size, size), np.float32)
 
@@ -86,10 +112,19 @@ def paste_probabilities(probabilities: np.ndarray, transforms: np.ndarray, heigh
 class SegmenterRunner:
     """A segmenter folder ready for photos: the TCNN lips give each face's crop, the net labels it."""
 
-    def __init__(self, folder: Path, flip_average: bool = False, threads: int | None = None):
+    def __init__(
+        self, folder: Path, flip_average: bool = False, threads: int | None = None, ensemble: tuple[Path, ...] = ()
+    ):
+        """`ensemble`: more segmenter folders (same crop geometry) whose probabilities are averaged in."""
         set_threads(threads or 0)
         self.model, self.geometry, self.meta = load_segmenter(folder)
         self.folder, self.flip_average = Path(folder), flip_average
+        self.partners = []
+        for other in ensemble:
+            partner, geometry, _ = load_segmenter(Path(other))
+            if geometry != self.geometry or partner.config.annotation_offset != self.model.config.annotation_offset:
+                raise ValueError(f"{other}: an ensemble needs one crop geometry, as {folder}'s")
+            self.partners.append(partner)
 
     def transforms(self, faces_lips: list[np.ndarray]) -> np.ndarray:
         return np.array([image_to_crop_transform(*self.geometry.box(lips)) for lips in faces_lips], np.float64).reshape(
@@ -101,5 +136,20 @@ class SegmenterRunner:
         if not len(faces_lips):
             return np.zeros((height, width), np.uint8)
         transforms = self.transforms(faces_lips)
-        crops = np.stack([warp_crop(image, transform, self.geometry.size) for transform in transforms])
-        return paste_probabilities(crop_probabilities(self.model, crops, self.flip_average), transforms, height, width)
+        size = self.geometry.size
+        crops = np.stack([warp_crop(image, transform, size) for transform in transforms])
+        # Mirror back about the annotation frame's axis: 2 offsets, in crop pixels of each face's mouth width.
+        shifts = [
+            2.0
+            * self.model.config.annotation_offset
+            * mouth_width(apply_affine(crop_pixel_transform(transform, size), lips))
+            for transform, lips in zip(transforms, faces_lips)
+        ]
+        probabilities = np.mean(
+            [
+                crop_probabilities(model, crops, self.flip_average, shifts=np.asarray(shifts))
+                for model in (self.model, *self.partners)
+            ],
+            axis=0,
+        )
+        return paste_probabilities(probabilities, transforms, height, width)

@@ -10,6 +10,7 @@ from lipseg.data.geometry import CropGeometry, apply_affine
 from lipseg.data.helen import Record
 from lipseg.data.landmarks import (
     HELEN_LIPS,
+    annotation_axis,
     flip_permutation,
     inter_ocular,
     respace_lips,
@@ -40,12 +41,14 @@ def make_crops(
     progress: bool = True,
     box_points: dict[str, np.ndarray] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    annotation_offset: float = 0.0,
 ) -> CropSet:
     """Crops for `records`: one unjittered crop each, plus `jitter.copies` jittered ones.
 
     The crop box comes from the ground-truth lips, or from `box_points[name]` (e.g. a detector's mouth
     points) when given; a record missing from `box_points` is rejected, never silently GT-cropped.
-    Records whose image cannot be used are rejected with the reason (`read_record_images`).
+    Records whose image cannot be used are rejected with the reason (`read_record_images`). Mirrored
+    copies keep the annotations' frame: see lipseg.data.landmarks.annotation_axis.
     """
     rng = np.random.default_rng(seed)
     columns: dict[str, list] = {key: [] for key in _DTYPES}
@@ -61,7 +64,9 @@ def make_crops(
         for copy, (transform, flip, crop) in enumerate(crop_copies(image, centre, side, geometry.size, jitter, rng)):
             lips_in_crop = apply_affine(transform, canonical)
             if flip:
-                # The transform already mirrored x; reversing each contour block restores the order.
+                # The transform already mirrored x about the content's axis; the annotation frame's axis sits
+                # annotation_offset mouth widths to the right, and reversing each contour block restores the order.
+                lips_in_crop[:, 0] += 2.0 * annotation_axis(lips_in_crop, annotation_offset)
                 lips_in_crop = lips_in_crop[flip_permutation()]
             columns["images"].append(crop)
             columns["lips"].append(lips_in_crop)

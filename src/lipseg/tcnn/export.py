@@ -33,11 +33,10 @@ from torch import nn
 
 from lipseg import __version__
 from lipseg.core.files import write_bytes_atomic, write_json_atomic
-from lipseg.core.model_folder import WEIGHTS_FILE
+from lipseg.core.model_folder import WEIGHTS_FILE, read_model_meta
 from lipseg.core.tta import average_with_mirror, mirrored
-from lipseg.data.landmarks import flip_lips
-from lipseg.tcnn.model import TweakedTCNN, VanillaTCNN, load_tcnn
-from lipseg.tcnn.predict import CropPredictions
+from lipseg.tcnn.model import TweakedTCNN, VanillaTCNN, load_tcnn, select_heads
+from lipseg.tcnn.predict import CropPredictions, unmirror
 
 ONNX_SCHEMA = "lipseg-onnx/1"
 SIDECAR_FILE = "lipseg_onnx.json"
@@ -77,16 +76,18 @@ class _BaseGraph(nn.Module):
 
 
 class _TweakedGraph(nn.Module):
-    """Raw pixels -> ((B, P, 2) lips from the gated head, (B,) int64 cluster)."""
+    """Raw pixels -> ((B, P, 2) lips from the gated head, (B,) int64 cluster, (B, K, P, 2) every head's lips:
+    flip averaging takes the mirror image's lips from the plain crop's head)."""
 
     def __init__(self, model: TweakedTCNN):
         super().__init__()
         self.model = model
         self.points = model.config.num_points
 
-    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lips, clusters = self.model.forward_with_clusters(crops)
-        return lips.reshape(-1, self.points, 2), clusters
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        heads, clusters = self.model.all_heads(crops)
+        heads = heads.reshape(heads.shape[0], -1, self.points, 2)
+        return select_heads(heads, clusters).reshape(-1, self.points, 2), clusters, heads
 
 
 def base_network(model: VanillaTCNN | TweakedTCNN) -> VanillaTCNN:
@@ -171,6 +172,8 @@ def _verify(data: bytes, module: nn.Module, probe: torch.Tensor, name: str) -> d
                     f"{name}: onnxruntime chose another head than torch for {len(rows)}/{len(same)} probe crops"
                 )
     difference = float(np.abs(lips_ort[same] - lips_torch[same]).max())
+    if len(expected) > 2:  # every head's lips, whichever the gate chose
+        difference = max(difference, float(np.abs(got[2] - expected[2].numpy()).max()))
     if not np.isfinite(difference) or difference > VERIFY_TOLERANCE:
         raise ExportError(f"{name}: onnxruntime and torch differ by {difference:.3g} (tolerance {VERIFY_TOLERANCE})")
     return {"max_abs_difference": difference, "cluster_agreement": float(same.mean())}
@@ -203,7 +206,7 @@ def export_onnx(
 
     graphs: list[tuple[str, nn.Module, list[str]]] = [(BASE_FILE, _BaseGraph(base_network(model)), ["lips"])]
     if isinstance(model, TweakedTCNN):
-        graphs.append((TWEAKED_FILE, _TweakedGraph(model), ["lips", "cluster"]))
+        graphs.append((TWEAKED_FILE, _TweakedGraph(model), ["lips", "cluster", "head_lips"]))
 
     exported: dict[str, bytes] = {}
     verification: dict[str, Any] = {}
@@ -237,6 +240,12 @@ def export_onnx(
         "[-0.5, 0.5); crop pixel = value * S + (S - 1) / 2",
     )
     cluster_spec = _io_spec("cluster", ["batch"], "int64", "index of the GMM component, i.e. the fine-tuned head used")
+    heads_spec = _io_spec(
+        "head_lips",
+        ["batch", len(model.heads) if isinstance(model, TweakedTCNN) else 0, points, 2],
+        "float32",
+        "every head's lips; flip averaging takes the mirror image's from the plain crop's head",
+    )
     models: dict[str, Any] = {
         "base": {
             "file": BASE_FILE,
@@ -249,7 +258,7 @@ def export_onnx(
         models["tweaked"] = {
             "file": TWEAKED_FILE,
             "inputs": [crops_spec],
-            "outputs": [lips_spec, cluster_spec],
+            "outputs": [lips_spec, cluster_spec, heads_spec],
             "components": len(model.heads),
             "description": "tweaked TCNN: the GMM gate on base-head FC5 features picks one of the heads",
         }
@@ -355,6 +364,7 @@ class OnnxCropRunner:
                 export_onnx(Path(model_folder), cache)
         path = cache / TWEAKED_FILE if (cache / TWEAKED_FILE).is_file() else cache / BASE_FILE
         self.session = onnx_session(path, threads)
+        self.annotation_offset = float(read_model_meta(model_folder)["config"].get("annotation_offset", 0.0))
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
 
@@ -363,8 +373,14 @@ class OnnxCropRunner:
         if flip_average:  # one run on the crops and their mirror images
             crops = np.concatenate([crops, mirrored(crops)])
         outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: crops})))
+        count = len(images)
         lips = outputs["lips"].astype(np.float32)
-        clusters = np.asarray(outputs.get("cluster", np.full(len(crops), -1)), np.int64)[: len(images)]
-        if flip_average:
-            lips = average_with_mirror(lips[: len(images)], lips[len(images) :], flip_lips)
+        clusters = np.asarray(outputs.get("cluster", np.full(len(crops), -1)), np.int64)[:count]
+        if flip_average:  # the mirror image's lips from the plain crop's head: the gate decides once per face
+            on_mirror = (
+                outputs["head_lips"][count:][np.arange(count), clusters] if "head_lips" in outputs else lips[count:]
+            )
+            lips = average_with_mirror(
+                lips[:count], on_mirror.astype(np.float32), lambda m: unmirror(m, self.annotation_offset)
+            )
         return CropPredictions(lips, clusters)

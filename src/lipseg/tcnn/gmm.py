@@ -34,28 +34,41 @@ class GMMConfig:
         return [self.k]
 
 
-def fit_gmm(features: np.ndarray, config: GMMConfig) -> tuple[GaussianMixture, list[dict[str, float]]]:
-    """Fit one mixture per candidate K; return the lowest-BIC one and the BIC table."""
+def _mixture(features: np.ndarray, k: int, config: GMMConfig) -> GaussianMixture:
+    if k > len(features):
+        raise ValueError(f"cannot fit {k} components to {len(features)} samples")
+    return GaussianMixture(
+        n_components=k,
+        covariance_type=config.covariance_type,
+        reg_covar=config.reg_covar,
+        n_init=config.n_init,
+        max_iter=config.max_iter,
+        random_state=config.seed,
+    ).fit(features)
+
+
+def fit_gmm(
+    features: np.ndarray, config: GMMConfig, select_on: np.ndarray | None = None
+) -> tuple[GaussianMixture, list[dict[str, float]]]:
+    """The mixture over `features` with the K of lowest BIC, and the BIC table.
+
+    BIC's penalty grows with the number of samples it is told there are; jittered copies of a face are
+    not independent samples, so K is chosen on `select_on` (one plain crop per face) when given, and
+    the chosen K is then fitted to `features`."""
     if config.covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"gmm.covariance_type must be one of {COVARIANCE_TYPES}")
     features = np.asarray(features, np.float64)
+    selection = features if select_on is None else np.asarray(select_on, np.float64)
     table, best, best_bic = [], None, np.inf
     for k in config.candidates():
-        if k > len(features):
-            raise ValueError(f"cannot fit {k} components to {len(features)} samples")
-        mixture = GaussianMixture(
-            n_components=k,
-            covariance_type=config.covariance_type,
-            reg_covar=config.reg_covar,
-            n_init=config.n_init,
-            max_iter=config.max_iter,
-            random_state=config.seed,
-        ).fit(features)
-        bic = float(mixture.bic(features))
-        table.append({"k": k, "bic": bic, "aic": float(mixture.aic(features)), "converged": bool(mixture.converged_)})
+        mixture = _mixture(selection, k, config)
+        bic = float(mixture.bic(selection))
+        table.append({"k": k, "bic": bic, "aic": float(mixture.aic(selection)), "converged": bool(mixture.converged_)})
         if bic < best_bic:
             best, best_bic = mixture, bic
     assert best is not None
+    if select_on is not None:
+        best = _mixture(features, best.n_components, config)
     return best, table
 
 

@@ -30,6 +30,9 @@ class TCNNConfig:
     batch_norm: bool = False  # BatchNorm after each conv: faster, steadier training (not in the paper)
     conv_activation: str = "abs_tanh"  # abs_tanh (the paper's) | relu; FC5 always uses |tanh| for the GMM
     num_points: int = LIP_COUNT
+    # Where the training annotations sit off the image content, in mouth widths (x): flip averaging mirrors
+    # about that axis (lipseg.data.landmarks.annotation_axis). 0 for exact annotations.
+    annotation_offset: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,6 +196,12 @@ class GaussianGate(nn.Module):
         return self.log_joint(features).argmax(dim=1)  # (B,)
 
 
+def select_heads(heads: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
+    """(B, K, P, 2) lips of every head -> (B, P, 2) those of each crop's cluster."""
+    index = clusters.view(-1, 1, 1, 1).expand(-1, 1, *heads.shape[2:])
+    return heads.gather(1, index).squeeze(1)
+
+
 class TweakedTCNN(TCNN):
     """Shared conv trunk, the vanilla head for gating features, and K fine-tuned heads."""
 
@@ -215,14 +224,22 @@ class TweakedTCNN(TCNN):
             head.load_state_dict(vanilla.head.state_dict())
         return model
 
-    def forward_with_clusters(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def all_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(every head's lips (B, K, 56, 2), the gate's cluster (B,))."""
         trunk_features = self.trunk(self.normaliser(images))  # (B, 256)
         clusters = self.gate(self.base_head.features(trunk_features))  # (B,)
         # Every head runs on every crop: K small matmuls beat a data-dependent split at these sizes,
         # and the graph stays static for export.
-        all_heads = torch.stack([head(trunk_features) for head in self.heads], dim=1)  # (B, K, 56, 2)
-        index = clusters.view(-1, 1, 1, 1).expand(-1, 1, *all_heads.shape[2:])
-        return all_heads.gather(1, index).squeeze(1), clusters  # (B, 56, 2), (B,)
+        return torch.stack([head(trunk_features) for head in self.heads], dim=1), clusters
+
+    def forward_with_clusters(
+        self, images: torch.Tensor, clusters: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lips (B, 56, 2), cluster (B,)): each crop through the head its gate picks, or through the head
+        `clusters` names (the mirror image in flip averaging uses the plain crop's head)."""
+        heads, gated = self.all_heads(images)
+        clusters = gated if clusters is None else clusters.to(gated.device)
+        return select_heads(heads, clusters), clusters
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_with_clusters(images)[0]

@@ -10,7 +10,7 @@ import torch
 
 from lipseg.core.tta import average_with_mirror, mirrored
 from lipseg.data.crops import images_to_tensor
-from lipseg.data.landmarks import flip_lips
+from lipseg.data.landmarks import annotation_axis, flip_lips
 from lipseg.tcnn.model import TCNN, TweakedTCNN, VanillaTCNN
 
 
@@ -20,12 +20,18 @@ class CropPredictions:
     clusters: np.ndarray  # (N,) head used; -1 for a vanilla model
 
 
+def unmirror(lips: np.ndarray, annotation_offset: float) -> np.ndarray:
+    """Lips predicted on mirrored crops (B, 56, 2) back in the plain crops' frame: mirrored about the
+    annotation frame's axis, as the network was trained (lipseg.data.landmarks.annotation_axis)."""
+    return flip_lips(lips, annotation_axis(lips, annotation_offset))
+
+
 @torch.no_grad()
 def predict_crops(
     model: TCNN, images: np.ndarray, batch_size: int = 256, flip_average: bool = False
 ) -> CropPredictions:
     """Lips (normalised crop coordinates) and the head used for each crop. `flip_average` also runs the
-    mirrored crop and averages the two (test-time augmentation; the head is the plain crop's)."""
+    mirrored crop through the same head and averages the two (test-time augmentation)."""
     model.eval()
     device = next(model.parameters()).device
     lips, clusters = [], []
@@ -36,8 +42,14 @@ def predict_crops(
         else:
             points, chosen = model(batch), torch.full((len(batch),), -1)
         points = points.cpu().numpy()
-        if flip_average:
-            points = average_with_mirror(points, model(mirrored(batch)).cpu().numpy(), flip_lips)
+        if flip_average:  # the mirror image goes through the same head: the gate decides once per face
+            if isinstance(model, TweakedTCNN):
+                on_mirror = model.forward_with_clusters(mirrored(batch), chosen)[0]
+            else:
+                on_mirror = model(mirrored(batch))
+            points = average_with_mirror(
+                points, on_mirror.cpu().numpy(), lambda lips: unmirror(lips, model.config.annotation_offset)
+            )
         lips.append(points)
         clusters.append(chosen.cpu().numpy())
     if not lips:

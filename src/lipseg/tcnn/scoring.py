@@ -53,11 +53,18 @@ def crop_boxes(crops: CropSet) -> np.ndarray:
 
 
 def score(
-    predictions: CropPredictions, crops: CropSet, truth: list[GroundTruthFace], fail_threshold: float
+    predictions: CropPredictions,
+    crops: CropSet,
+    truth: list[GroundTruthFace],
+    fail_threshold: float,
+    missed: list[GroundTruthFace] = (),
 ) -> ModelScore:
-    """Predictions on unjittered crops (one per image, in `truth` order) scored as lipeval would."""
+    """Predictions on unjittered crops (one per image, in `truth` order) scored as lipeval would; `missed`
+    faces (no crop: the detector found no face there) count as predictions of no face, i.e. failures."""
     lips_image = to_image(predictions, crops)
-    summary = summarise([[lips] for lips in lips_image], truth, fail_threshold=fail_threshold)
+    summary = summarise(
+        [[lips] for lips in lips_image] + [[] for _ in missed], [*truth, *missed], fail_threshold=fail_threshold
+    )
     gt_lips = np.stack([face.points[HELEN_LIPS] for face in truth])
     respaced = np.stack([respace_lips(lips) for lips in gt_lips])
     inter_ocular = crops.inter_ocular.astype(np.float64)
