@@ -7,7 +7,7 @@ choosing) and the test photos (reported only), on top of a finished real-data pi
 --repo is a scratch repo where `dvc repro` ran with profiles/helen.yaml (scripts/release.py --workdir WORK
 leaves one). Its TCNN places every crop; its plain_unet is the `baseline` row. Each trained lever is
 `stages/train_segmenter.py plain_unet` (and `stages/segment_crops.py` when the lever changes the crops)
-run in --out/<lever>/ with the lever's params on top of the repo's, the repo's data and TCNN linked in,
+run in --work/<lever>/ with the lever's params on top of the repo's, the repo's data and TCNN linked in,
 so a lever is exactly the pipeline's code with one setting changed. Scoring-only levers (flip averaging,
 an ensemble of two) reuse trained models. Every model is then scored as `lipseg predict` writes its PNGs
 (every face found, dlib HOG, the TCNN's flip-averaged lips), with the mask step's ms per face on one thread.
@@ -24,6 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the ms per face are one-thread 
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,26 +85,29 @@ SCORED: dict[str, str] = {
 }
 
 
-def lever_params(repo: Path, lever: str, out: Path, threads: int) -> dict:
-    changes = json.loads(json.dumps(TRAINED[lever][1]))
-    baseline_meta = json.loads((repo / "models/segmenters" / ARCH / "lipseg_model.json").read_text())
-    text = json.dumps(changes)
-    text = text.replace('"{baseline_epoch}"', str(int(baseline_meta["best_epoch"])))
-    text = text.replace("{teacher}", str((out / "wide" / "models/segmenters" / ARCH).resolve()))
+def lever_params(repo: Path, lever: str, work: Path, threads: int) -> dict:
+    text = json.dumps(TRAINED[lever][1])
+    if "{baseline_epoch}" in text:
+        baseline = repo / "models/segmenters" / ARCH / "lipseg_model.json"
+        if not baseline.is_file():
+            raise SystemExit(f"[{lever}] needs the baseline's best epoch: train {baseline.parent} first")
+        text = text.replace('"{baseline_epoch}"', str(int(json.loads(baseline.read_text())["best_epoch"])))
+    text = text.replace("{teacher}", str((work / "wide" / "models/segmenters" / ARCH).resolve()))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     deep_update(params, json.loads(text))
     params["train_segmenter"]["common"]["threads"] = threads
     return params
 
 
-def train_lever(repo: Path, lever: str, out: Path, threads: int) -> Path:
-    """The lever's model folder, trained by the pipeline's own stage scripts in --out/<lever>/."""
-    work = out / lever
+def train_lever(repo: Path, lever: str, levers: Path, threads: int) -> Path:
+    """The lever's model folder, trained by the pipeline's own stage scripts in --work/<lever>/."""
+    work = levers / lever
     model = work / "models/segmenters" / ARCH
     if (model / "lipseg_model.json").is_file():
         return model
     work.mkdir(parents=True, exist_ok=True)
-    params = lever_params(repo, lever, out, threads)
+    shutil.copy2(repo / "dvc.yaml", work / "dvc.yaml")  # marks the project root: MLflow and paths stay in `work`
+    params = lever_params(repo, lever, levers, threads)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for item in LINKED:
         link = work / item
@@ -172,26 +176,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, required=True, help="a finished scratch repo (profiles/helen.yaml)")
     parser.add_argument("--levers", default=",".join(TRAINED), help=f"comma-separated, from {', '.join(TRAINED)}")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/segmenter_levers")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/segmenter_levers", help="the tables")
+    parser.add_argument("--work", type=Path, default=None, help="lever runs (default: --repo/../levers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training")
     parser.add_argument("--score-only", action="store_true", help="train nothing; score every trained lever")
     args = parser.parse_args()
     repo, out = args.repo.resolve(), args.out.resolve()
-    if not (repo / "models/segmenters" / ARCH / "lipseg_model.json").is_file():
-        raise SystemExit(f"{repo}: no finished pipeline run (models/segmenters/{ARCH} missing)")
+    work = (args.work or repo.parent / "levers").resolve()
+    if not (repo / "data/segment_crops/manifest.json").is_file():
+        raise SystemExit(f"{repo}: no pipeline run up to segment_crops there")
     if not args.score_only:
         for lever in filter(None, args.levers.split(",")):
             if lever not in TRAINED:
                 raise SystemExit(f"unknown lever {lever!r}; choose from {', '.join(TRAINED)}")
             if lever == "distilled":
-                train_lever(repo, "wide", out, args.threads)
-            train_lever(repo, lever, out, args.threads)
+                train_lever(repo, "wide", work, args.threads)
+            train_lever(repo, lever, work, args.threads)
         return
     baseline = repo / "models/segmenters" / ARCH
+    if not (baseline / "lipseg_model.json").is_file() or not (repo / "models/tcnn").is_dir():
+        raise SystemExit(f"{repo}: score after the pipeline has finished (models/tcnn, {baseline})")
     folders = {"baseline": baseline} | {
-        lever: out / lever / "models/segmenters" / ARCH
+        lever: work / lever / "models/segmenters" / ARCH
         for lever in TRAINED
-        if (out / lever / "models/segmenters" / ARCH / "lipseg_model.json").is_file()
+        if (work / lever / "models/segmenters" / ARCH / "lipseg_model.json").is_file()
     }
     runners = {name: SegmenterRunner(folder, threads=1) for name, folder in folders.items()}
     runners["flip_tta"] = SegmenterRunner(baseline, flip_average=True, threads=1)

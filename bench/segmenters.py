@@ -1,11 +1,12 @@
-"""Benchmark: the four pixel-wise segmenters and the TCNN landmark polygons, end to end on the Helen
+"""Benchmark: the five pixel-wise segmenters and the TCNN landmark polygons, end to end on the Helen
 test photos (dlib face -> TCNN lips -> each mask source on the TCNN-located crop), in one table.
 
-    python bench/segmenters.py [--helen ../shared/data/helen_sample] [--workdir DIR] [--out bench/results/segmenters]
+    python bench/segmenters.py [--helen ../shared/data/helen_sample] [--workdir DIR [--reuse]]
+                               [--profile profiles/helen.yaml] [--out bench/results/segmenters]
                                [--set train_segmenter.common.max_epochs=20 ...]
 
 Runs `dvc repro evaluate_segmenters` (and everything it depends on) in a scratch git + DVC repo on the
-Helen sample, with the Helen settings below on top of params.yaml, then scores every model's label-mask
+Helen sample, with the real-data profile on top of params.yaml, then scores every model's label-mask
 PNGs with ../shared/tools/lipeval.py as well, and checks that it agrees with the stage's own numbers.
 Writes --out/segmenters.json, --out/segmenters.md, the per-model figure and the training curves.
 """
@@ -18,19 +19,18 @@ import shutil
 import sys
 from pathlib import Path
 
-from lipseg.core.scratch import PROJECT_FOLDERS, dvc_repro, helen_scratch_repo, run_checked, scratch_env
+from lipseg.core.scratch import (
+    PROJECT_FOLDERS,
+    dvc_repro,
+    helen_scratch_repo,
+    load_profile,
+    run_checked,
+    scratch_env,
+)
 from lipseg.segmentation.compare import comparison_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Helen photos are larger than the synthetic default's faces: a 96 px crop and more jittered copies and
-# epochs (about 10 minutes per architecture on 2 CPU cores).
-HELEN_SETTINGS = [
-    "segment_crops.size=96",
-    "segment_crops.copies=3",
-    "train_segmenter.common.max_epochs=25",
-    "train_segmenter.common.patience=6",
-]
 CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth", "mouth")
 # dlib HOG + 68 points, reference row: all 330 Helen-sample test photos end to end (as in bench/predict.py).
 DLIB_REFERENCE = {"lips": 0.803, "upper_lip": 0.763, "lower_lip": 0.780, "inner_mouth": 0.782, "mouth": 0.897}
@@ -42,7 +42,11 @@ def main() -> None:
     parser.add_argument("--lipeval", type=Path, default=ROOT.parent / "shared" / "tools" / "lipeval.py")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch repo location (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "segmenters")
+    parser.add_argument("--profile", type=Path, default=ROOT / "profiles" / "helen.yaml", help="real-data params")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep --workdir's scratch repo (e.g. a release run): rerun what changed"
+    )
     parser.add_argument(
         "--reevaluate",
         action="store_true",
@@ -50,7 +54,7 @@ def main() -> None:
         "there, with this checkout's code (e.g. after a change to the evaluation)",
     )
     args = parser.parse_args()
-    settings = HELEN_SETTINGS + args.set
+    settings = args.set
     if args.reevaluate:
         if args.workdir is None or not (args.workdir / "repo" / "models" / "segmenters").is_dir():
             sys.exit("--reevaluate needs --workdir with a finished run")
@@ -69,7 +73,9 @@ def main() -> None:
         )
     else:
         workdir = args.workdir.resolve() if args.workdir else None
-        repo, env = helen_scratch_repo(args.helen, workdir, settings, "lipseg-seg-")
+        repo, env = helen_scratch_repo(
+            args.helen, workdir, settings, "lipseg-seg-", load_profile(args.profile), keep=args.reuse
+        )
         print(f"dvc repro evaluate_segmenters on {args.helen} (scratch repo {repo}) ...", flush=True)
         stages, seconds = dvc_repro(repo, env, ("evaluate_segmenters",))
     metrics = json.loads((repo / "metrics_segmenters.json").read_text())
@@ -110,6 +116,7 @@ def main() -> None:
     )
     result = {
         "dataset": str(args.helen),
+        "profile": str(args.profile),
         "settings": settings,
         "seconds": round(seconds, 1),
         "stages": stages,

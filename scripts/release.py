@@ -28,10 +28,13 @@ from pathlib import Path
 import yaml
 
 from lipseg.core.files import atomic_directory, write_json_atomic, write_text_atomic
-from lipseg.core.scratch import PROJECT_FILES, PROJECT_FOLDERS, dvc_repro, helen_scratch_repo, load_profile, run_checked
+from lipseg.core.onnx_runtime import SHIPPED_FOLDER
+from lipseg.core.scratch import SOURCE_FILE, dvc_repro, helen_scratch_repo, load_profile, run_checked, source_commit
 from lipseg.data.helen import find_image, load_split
 from lipseg.evaluation.outputs import score_folder
 from lipseg.inference.models import RELEASE
+from lipseg.segmentation.export import export_segmenter_onnx
+from lipseg.tcnn.export import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth", "mouth")
@@ -70,7 +73,10 @@ def predict_and_score(
         "--no-overlay",
         "--quiet",
     ]
-    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    # This checkout's `lipseg predict` (what ships), not the scratch repo's copy of the code.
+    done = subprocess.run(
+        command, cwd=repo, env={**env, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True
+    )
     if done.returncode not in (0, 1):
         raise SystemExit(f"lipseg predict failed ({done.returncode}):\n{done.stderr[-3000:]}")
     seconds = time.perf_counter() - started
@@ -173,7 +179,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="scratch repo location (default: a temp dir)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeatable)")
     parser.add_argument(
-        "--reuse", action="store_true", help="keep --workdir's scratch repo: `dvc repro` reruns only what changed"
+        "--reuse", action="store_true", help="keep --workdir's scratch repo as it is: `dvc repro` finishes it"
     )
     parser.add_argument("--dry-run", action="store_true", help="train and score, but leave src/lipseg/weights alone")
     args = parser.parse_args()
@@ -215,14 +221,9 @@ def main() -> None:
         )
     segmenter_metrics = json.loads((repo / "metrics_segmenters.json").read_text())
     segmenter_meta = json.loads((segmenter / "lipseg_model.json").read_text())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", *PROJECT_FILES, *PROJECT_FOLDERS, "profiles"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    commit += " (with uncommitted changes)" if dirty else ""
+    # The commit whose pipeline trained the models (the scratch repo's code); predicting ran this checkout's.
+    source = repo / SOURCE_FILE
+    commit = json.loads(source.read_text())["commit"] if source.is_file() else source_commit(ROOT)
     release = {
         "profile": str(args.profile.relative_to(ROOT)) if args.profile.is_relative_to(ROOT) else str(args.profile),
         "settings": args.set,
@@ -251,6 +252,9 @@ def main() -> None:
     with atomic_directory(RELEASE) as staging:
         shutil.copytree(tcnn, staging / "tcnn")
         shutil.copytree(segmenter, staging / "segmenter")
+        # Their ONNX exports ship too: `lipseg predict` (the ONNX engine) then starts without importing torch.
+        export_onnx(staging / "tcnn", staging / "tcnn" / SHIPPED_FOLDER)
+        export_segmenter_onnx(staging / "segmenter", staging / "segmenter" / SHIPPED_FOLDER)
         write_json_atomic(staging / "release.json", release)
         write_text_atomic(staging / "MODEL_CARD.md", model_card(release))
     megabytes = sum(file.stat().st_size for file in RELEASE.rglob("*") if file.is_file()) / 1e6

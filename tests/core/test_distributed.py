@@ -123,7 +123,14 @@ def crops_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> 
     mean, std = normalisation_images(train.images)
     write_npz_atomic(folder / "norm.npz", mean=mean, std=std)
     write_json_atomic(
-        folder / "manifest.json", {"geometry": geometry.to_dict(), "box_source": "gt", "face_to_mouth": None}
+        folder / "manifest.json",
+        {
+            "geometry": geometry.to_dict(),
+            "box_source": "gt",
+            "face_to_mouth": None,
+            "annotation_offset": 0.0,
+            "training_data": {"source": "synthetic", "digest": "test", "train_faces": len(fit_records)},
+        },
     )
     return folder
 

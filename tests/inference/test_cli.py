@@ -302,3 +302,37 @@ def test_mask_source_auto_follows_the_measured_best_and_segmenter_needs_a_model(
         ModelNotFoundError, match="no such folder"
     ):  # a named folder is never silently replaced by the polygons
         resolve("auto", str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(
+    "requested, images, cores, expected", [(3, 10, 2, 3), (3, 2, 2, 2), (0, 100, 2, 2), (0, 20, 2, 1)]
+)
+def test_job_count(requested: int, images: int, cores: int, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipseg.inference import cli
+
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert cli.job_count(requested, images) == expected
+
+
+def test_worker_processes_write_what_one_process_writes(
+    photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, segmenter_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    outputs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        arguments = ["predict", str(photo_folder), "--out", str(out), "--model", str(tiny_model_folder)]
+        arguments += ["--mask-source", "segmenter", "--segmenter", str(segmenter_folder), "--jobs", str(jobs)]
+        assert main([*arguments, "--engine", "torch", "--threads", "1"]) == 1  # broken.jpg fails either way
+        stderr = capsys.readouterr().err
+        assert "broken.jpg" in stderr and "4 images" in stderr and "1 failed" in stderr
+        assert ("2 worker processes" in stderr) == (jobs == 2)
+        outputs[jobs] = out
+    files = sorted(path.relative_to(outputs[1]) for path in outputs[1].rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(outputs[2]) for path in outputs[2].rglob("*") if path.is_file())
+    for name in files:
+        if name.suffix == ".png":
+            single, pooled = (cv2.imread(str(outputs[jobs] / name), cv2.IMREAD_UNCHANGED) for jobs in (1, 2))
+            np.testing.assert_array_equal(single, pooled)
+        elif name.suffix == ".json":
+            single, pooled = (json.loads((outputs[jobs] / name).read_text()) for jobs in (1, 2))
+            assert [face["lips"] for face in single["faces"]] == [face["lips"] for face in pooled["faces"]]

@@ -9,7 +9,6 @@ expects, and a folder of another family is a `ModelFolderError` that says so.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -19,18 +18,15 @@ from torch import nn
 
 from lipseg import __version__
 from lipseg.core.files import write_json_atomic
-
-SCHEMA = "lipseg-model/2"
-# Earlier folders: one schema per family, the segmenter's metadata in a file of its own.
-LEGACY_SCHEMAS = {"lipseg-tcnn/1": "tcnn", "lipseg-segmenter/1": "segmenter"}
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "lipseg_model.json"
-LEGACY_META_FILES = ("lipseg_segmenter.json",)
-
-
-class ModelFolderError(RuntimeError):
-    """A model folder that is missing, incomplete, damaged, of an unknown schema or of another family;
-    the message names the folder (or file) and the problem."""
+from lipseg.core.model_meta import (  # noqa: F401  (the folder format's names, importable from here too)
+    LEGACY_META_FILES,
+    LEGACY_SCHEMAS,
+    META_FILE,
+    SCHEMA,
+    WEIGHTS_FILE,
+    ModelFolderError,
+    read_model_meta,
+)
 
 
 class SavableModel(nn.Module):
@@ -78,33 +74,6 @@ def save_model_folder(
             **(extra or {}),
         },
     )
-
-
-def read_model_meta(folder: Path) -> dict[str, Any]:
-    """The folder's metadata, checked to be a known schema; `family` is filled in for legacy folders."""
-    folder = Path(folder)
-    meta_path = next((folder / name for name in (META_FILE, *LEGACY_META_FILES) if (folder / name).is_file()), None)
-    if meta_path is None:
-        reason = "no such folder" if not folder.is_dir() else f"no {META_FILE}"
-        raise ModelFolderError(f"{folder} is not a lipseg model folder ({reason})")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFolderError(f"{meta_path}: not readable JSON ({error})") from None
-    if not isinstance(meta, dict):
-        raise ModelFolderError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}")
-    schema = meta.get("schema")
-    if schema in LEGACY_SCHEMAS:
-        meta["family"] = LEGACY_SCHEMAS[schema]
-    elif schema != SCHEMA:
-        raise ModelFolderError(
-            f"{meta_path}: unknown model schema {schema!r}; this lipseg ({__version__}) reads "
-            f"{(SCHEMA, *LEGACY_SCHEMAS)}"
-        )
-    for key in ("config", "geometry"):
-        if not isinstance(meta.get(key), dict):
-            raise ModelFolderError(f"{meta_path}: the {key!r} entry is missing or not an object")
-    return meta
 
 
 def load_model_folder(folder: Path, expected: type[SavableModel]) -> tuple[Any, dict[str, Any]]:

@@ -3,6 +3,7 @@ project's dvc.yaml, params.yaml, stages/ and src/, so experiments never touch th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -92,9 +93,25 @@ def copy_project(repo: Path, project_root: Path, params: dict[str, Any] | None =
         set_params(repo, params)
 
 
+SOURCE_FILE = "lipseg_source.json"  # which commit of the project a scratch repo's code came from
+
+
+def source_commit(project_root: Path) -> str:
+    """The project's HEAD commit, marked when the pipeline's files differ from it."""
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(["git", *arguments], cwd=project_root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", *PROJECT_FILES, *PROJECT_FOLDERS)
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
 def make_scratch_repo(repo: Path, project_root: Path, params: dict[str, Any] | None = None) -> dict[str, str]:
     """Copy the pipeline into `repo`, apply `params` changes, `git init` + `dvc init`; return the env."""
     copy_project(repo, project_root, params)
+    (repo / SOURCE_FILE).write_text(json.dumps({"commit": source_commit(project_root)}) + "\n", encoding="utf-8")
     env = scratch_env(repo)
     run_checked(["git", "init", "-q"], repo, env)
     dvc = [sys.executable, "-m", "dvc"]
@@ -124,9 +141,9 @@ def helen_scratch_repo(
 ) -> tuple[Path, dict[str, str]]:
     """A scratch repo (`workdir`/repo, or under a temp dir) whose pipeline reads the Helen-layout folder
     `helen`, with a `profile` (params overrides, e.g. profiles/helen.yaml) and `KEY=VALUE` settings on top
-    of params.yaml: what the benchmarks and the release run in. With `keep`, an existing one keeps its
-    outputs and DVC cache and only takes the project's current files and params, so the next `dvc repro`
-    reruns just what changed."""
+    of params.yaml: what the benchmarks and the release run in. With `keep`, an existing one is used as it
+    is (its code, params, outputs and DVC cache), so the next `dvc repro` finishes what an interrupted one
+    left."""
     import tempfile
 
     if not (helen / "annotation").is_dir():
@@ -136,7 +153,6 @@ def helen_scratch_repo(
     overrides = deep_update(overrides, {"data": {"source": "helen", "helen_path": str(helen.resolve())}})
     project_root = Path(__file__).resolve().parents[3]
     if keep and (repo / ".dvc").is_dir():
-        copy_project(repo, project_root, overrides)
         return repo, scratch_env(repo)
     if repo.exists():
         shutil.rmtree(repo)

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
-Batch = TypeVar("Batch", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    import torch
+
+Batch = TypeVar("Batch", np.ndarray, "torch.Tensor")
 
 
 def mirrored(batch: Batch) -> Batch:
-    """The batch's images mirrored left to right (along the last axis: width in (B, C, H, W))."""
-    if isinstance(batch, torch.Tensor):
-        return torch.flip(batch, dims=[batch.dim() - 1])
-    return batch[..., ::-1]
+    """The batch's images mirrored left to right (along the last axis: width in (B, C, H, W)). NumPy
+    arrays need no torch (the ONNX engine runs without it)."""
+    if isinstance(batch, np.ndarray):
+        return batch[..., ::-1]
+    import torch
+
+    return torch.flip(batch, dims=[batch.dim() - 1])
 
 
 def average_with_mirror(plain: Batch, on_mirrored: Batch, mirror_back: Callable[[Batch], Batch]) -> Batch:

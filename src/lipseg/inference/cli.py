@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,33 +23,83 @@ class CliError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from lipseg.core.model_folder import ModelFolderError
-    from lipseg.core.runtime import set_threads
+def load_models(args: argparse.Namespace, threads: int):
+    """The LipPredictor and the segmenter runner (or None: landmark polygons) that `args` asks for."""
     from lipseg.inference.predictor import LipPredictor
 
-    set_threads(args.threads)
+    model = resolve_model(args.model)
+    predictor = LipPredictor(
+        model,
+        args.detector,
+        args.upsample,
+        args.mouth,
+        args.engine,
+        max(threads, 1),
+        flip_average=args.flip_tta,
+        cascade_passes=args.cascade_passes,
+    )
+    segmenter = None
+    if (folder := segmenter_folder(args.mask_source, args.segmenter, model)) is not None:
+        from lipseg.segmentation.runner import SegmenterRunner
+
+        segmenter = SegmenterRunner(
+            folder, flip_average=args.segmenter_flip_tta, threads=threads or None, engine=args.engine
+        )
+    return model, predictor, segmenter
+
+
+def job_count(requested: int, images: int) -> int:
+    """--jobs 0: one process per CPU core the process may use, when there are enough photos to repay a
+    worker's start-up (about 1 s: imports and models)."""
+    if requested > 0:
+        return min(requested, max(images, 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, images // PHOTOS_PER_WORKER))
+
+
+PHOTOS_PER_WORKER = 16
+_WORKER: dict = {}  # a pool worker's own models, loaded once by _start_worker
+
+
+def _start_worker(args: argparse.Namespace) -> None:
+    if args.engine == "torch":  # one process per core: more threads would only contend
+        from lipseg.core.runtime import set_threads
+
+        set_threads(1)
+    _WORKER["models"] = load_models(args, 1)[1:]
+    _WORKER["args"] = args
+
+
+def _predict_in_worker(items: list) -> Summary:
+    predictor, segmenter = _WORKER["models"]
+    args = _WORKER["args"]
+    summary = Summary()
+    for item in items:
+        try:
+            predict_image_file(
+                item, predictor, Path(args.out), not args.no_overlay, summary, segmenter, args.max_pixels
+            )
+        except (OSError, ValueError) as error:
+            summary.failed.append((str(item.path), str(error)))
+    return summary
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from lipseg.core.model_meta import ModelFolderError
+
+    if args.engine == "torch":  # onnxruntime takes its threads per session; torch is not loaded at all
+        from lipseg.core.runtime import set_threads
+
+        set_threads(args.threads)
     inputs, problems = collect_inputs(args.paths)
     summary = Summary(failed=list(problems))
     if not inputs and not problems:
         raise CliError("no images or videos found in the given paths")
+    images = [item for item in inputs if item.kind == "image"]
+    videos = [item for item in inputs if item.kind == "video"]
+    jobs = job_count(args.jobs, len(images))
     try:
-        model = resolve_model(args.model)
-        predictor = LipPredictor(
-            model,
-            args.detector,
-            args.upsample,
-            args.mouth,
-            args.engine,
-            max(args.threads, 1),
-            flip_average=args.flip_tta,
-            cascade_passes=args.cascade_passes,
-        )
-        segmenter = None
-        if (folder := segmenter_folder(args.mask_source, args.segmenter, model)) is not None:
-            from lipseg.segmentation.runner import SegmenterRunner
-
-            segmenter = SegmenterRunner(folder, flip_average=args.segmenter_flip_tta, threads=args.threads or None)
+        model, predictor, segmenter = load_models(args, args.threads)
     except (ModelNotFoundError, ModelFolderError) as error:
         raise CliError(str(error)) from error
     for folder, meta in [(model, predictor.meta), *([(segmenter.folder, segmenter.meta)] if segmenter else [])]:
@@ -56,14 +107,32 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"lipseg: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         print(
-            f"lipseg: masks from {mask_source_name(segmenter)}" + (f" ({segmenter.folder})" if segmenter else ""),
+            f"lipseg: masks from {mask_source_name(segmenter)}"
+            + (f" ({segmenter.folder})" if segmenter else "")
+            + (f", {jobs} worker processes" if jobs > 1 else ""),
             file=sys.stderr,
         )
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
-    for item in tqdm(inputs, desc="lipseg predict", unit="file", disable=args.quiet or len(inputs) < 2):
+    progress = tqdm(total=len(inputs), desc="lipseg predict", unit="file", disable=args.quiet or len(inputs) < 2)
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn, not fork: a forked copy of a process that has run torch can deadlock in its thread pool.
+        chunks = [images[start : start + 4] for start in range(0, len(images), 4)]
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(args,)) as pool:
+            for done in as_completed([pool.submit(_predict_in_worker, chunk) for chunk in chunks]):
+                part = done.result()
+                summary.merge(part)
+                for name, reason in part.failed:
+                    print(f"lipseg: error: {name}: {reason}", file=sys.stderr)
+                progress.update(part.images + len(part.failed))
+        images = []
+    for item in [*images, *videos]:
         try:
             if item.kind == "video":
                 predict_video_file(item, predictor, out_dir, args, summary, segmenter)
@@ -72,12 +141,14 @@ def run_predict(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             summary.failed.append((str(item.path), str(error)))
             print(f"lipseg: error: {item.path}: {error}", file=sys.stderr)
+        progress.update()
+    progress.close()
     summary.print()
     return 1 if summary.failed else 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from lipseg.core.model_folder import ModelFolderError
+    from lipseg.core.model_meta import ModelFolderError
     from lipseg.tcnn.export import ExportError, export_onnx
 
     try:
@@ -149,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=("torch", "onnx"),
         default="onnx",
-        help="run the TCNN in onnxruntime (exported once per model, cached under ~/.cache/lipseg; "
-        "several times faster on a CPU) or torch (default: onnx)",
+        help="run the TCNN and the segmenter in onnxruntime (the release model ships its export; others are "
+        "exported once per model, cached under ~/.cache/lipseg): faster on a CPU, and no torch to load; "
+        "or in torch (default: onnx)",
     )
     predict.add_argument(
         "--flip-tta",
@@ -179,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--no-overlay", action="store_true", help="skip the *_overlay.jpg files")
     predict.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    predict.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="photos are shared among N worker processes of one thread each (default 0: one per CPU core, "
+        f"when there are at least {PHOTOS_PER_WORKER} photos per worker; 1: all in this process)",
+    )
     predict.add_argument(
         "--max-pixels",
         type=positive_int,

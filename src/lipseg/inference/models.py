@@ -7,7 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from lipseg.core.model_folder import META_FILE
+from lipseg.core.model_meta import META_FILE
 from lipseg.core.paths import BEST_SEGMENTER, project_root
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")

@@ -47,6 +47,15 @@ class Summary:
     landmark_ms: list[float] = field(default_factory=list)  # per face: mouth + crop + TCNN
     image_ms: list[float] = field(default_factory=list)
 
+    def merge(self, other: Summary) -> None:
+        """Add a worker process's counts and timings (its failures are added too)."""
+        self.images += other.images
+        self.faces += other.faces
+        self.no_face += other.no_face
+        self.failed += other.failed
+        self.landmark_ms += other.landmark_ms
+        self.image_ms += other.image_ms
+
     def print(self, stream=None) -> None:
         stream = stream or sys.stderr
         mean_face = f"{np.mean(self.landmark_ms):.2f} ms" if self.landmark_ms else "n/a"

@@ -9,17 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lipseg.core.model_folder import ModelFolderError
+from lipseg.core.model_meta import ModelFolderError, read_model_meta
 from lipseg.data.geometry import (
+    CropGeometry,
     FaceToMouth,
     crop_to_image,
     image_to_crop_transform,
     warp_crop,
 )
 from lipseg.inference.detect import DlibMouthLocator, cached_detector, to_rgb
-from lipseg.tcnn.export import OnnxCropRunner
-from lipseg.tcnn.model import load_tcnn
-from lipseg.tcnn.predict import predict_crops
 
 MOUTH_SOURCES = ("dlib68", "cascade")
 ENGINES = ("torch", "onnx")
@@ -80,13 +78,21 @@ class LipPredictor:
             raise ValueError(f"mouth source must be one of {MOUTH_SOURCES}, got {mouth_source!r}")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        self.model, self.geometry, self.meta = load_tcnn(model_folder)
-        self.engine = engine
-        runner = OnnxCropRunner(model_folder, threads) if engine == "onnx" else None
-        self.flip_average = flip_average
-        self.run_crops = (
-            runner if runner else (lambda crops, flip=False: predict_crops(self.model, crops, flip_average=flip))
-        )
+        self.engine, self.flip_average = engine, flip_average
+        if engine == "onnx":  # no torch import: the export ships in the folder or is cached
+            from lipseg.tcnn.onnx_runner import OnnxCropRunner
+
+            self.meta = read_model_meta(model_folder)
+            if self.meta.get("family") != "tcnn":
+                raise ModelFolderError(f"{model_folder} holds a {self.meta.get('family')!r} model, not a 'tcnn' one")
+            self.geometry, self.model = CropGeometry(**self.meta["geometry"]), None
+            self.run_crops = OnnxCropRunner(model_folder, threads)
+        else:
+            from lipseg.tcnn.model import load_tcnn
+            from lipseg.tcnn.predict import predict_crops
+
+            self.model, self.geometry, self.meta = load_tcnn(model_folder)
+            self.run_crops = lambda crops, flip=False: predict_crops(self.model, crops, flip_average=flip)
         if cascade_passes < 2:
             raise ValueError(f"the cascade needs at least 2 passes (locate, then final), got {cascade_passes}")
         self.cascade_passes = cascade_passes

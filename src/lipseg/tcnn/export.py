@@ -12,17 +12,13 @@ The export uses torch's TorchScript-based exporter (`dynamo=False`): it needs on
 `onnxruntime` to verify), works offline, and natively writes opset 17. `exporter="dynamo"` selects the
 torch.export-based exporter instead, which also needs `onnxscript`.
 
-`OnnxCropRunner` runs a model folder's export (made once per weights file, cached by hash) in
-onnxruntime: several times faster than torch for single small crops on a CPU.
+`lipseg.tcnn.onnx_runner.OnnxCropRunner` runs a model folder's export in onnxruntime, without torch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,21 +29,29 @@ from torch import nn
 
 from lipseg import __version__
 from lipseg.core.files import write_bytes_atomic, write_json_atomic
-from lipseg.core.model_folder import WEIGHTS_FILE, read_model_meta
-from lipseg.core.tta import average_with_mirror, mirrored
+from lipseg.core.onnx_runtime import (  # noqa: F401  (the runtime's helpers, importable from here too)
+    OnnxError,
+    onnx_cache_dir,
+    onnx_session,
+    session_from,
+    time_onnx,
+    weights_digest,
+)
 from lipseg.tcnn.model import TweakedTCNN, VanillaTCNN, load_tcnn, select_heads
-from lipseg.tcnn.predict import CropPredictions, unmirror
+from lipseg.tcnn.onnx_runner import (  # noqa: F401
+    BASE_FILE,
+    INPUT_NAME,
+    ONNX_SCHEMA,
+    SIDECAR_FILE,
+    TWEAKED_FILE,
+    OnnxCropRunner,
+)
 
-ONNX_SCHEMA = "lipseg-onnx/1"
-SIDECAR_FILE = "lipseg_onnx.json"
-BASE_FILE = "base.onnx"
-TWEAKED_FILE = "tweaked.onnx"
-INPUT_NAME = "crops"
 EXPORTERS = ("torchscript", "dynamo")
 VERIFY_TOLERANCE = 1e-3  # absolute, normalised crop units (a crop spans 1.0); float32 noise is ~1e-6
 
 
-class ExportError(RuntimeError):
+class ExportError(OnnxError):
     """The ONNX export cannot run here (missing packages) or produced a model that disagrees with torch."""
 
 
@@ -152,7 +156,7 @@ def _check_graph(onnx: Any, data: bytes, name: str, opset: int) -> None:
 
 def _verify(data: bytes, module: nn.Module, probe: torch.Tensor, name: str) -> dict[str, Any]:
     """Run the exported graph on `probe` and compare with torch; raise when they disagree."""
-    session = _session_from(data, threads=1)
+    session = session_from(data, threads=1)
     got = session.run(None, {INPUT_NAME: probe.numpy()})
     with torch.no_grad():
         expected = module(probe)
@@ -282,6 +286,7 @@ def export_onnx(
         "geometry": geometry.to_dict(),
         "models": models,
         "source_model": {"folder": str(model_folder), "schema": meta["schema"], "meta": meta},
+        "weights_sha256": weights_digest(model_folder),  # a folder's shipped export is used only for these weights
     }
     write_json_atomic(out_dir / SIDECAR_FILE, sidecar)  # last: its presence marks a finished export
     return {
@@ -292,95 +297,3 @@ def export_onnx(
         "bytes": {name: len(data) for name, data in exported.items()},
         "verification": verification,
     }
-
-
-def _session_options(threads: int) -> Any:
-    _, onnxruntime = _require_onnx()
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = threads
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only
-    return options
-
-
-def _session_from(model: bytes | str, threads: int) -> Any:
-    _, onnxruntime = _require_onnx()
-    return onnxruntime.InferenceSession(
-        model, sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
-    )
-
-
-def onnx_session(path: Path, threads: int = 1) -> Any:
-    """An onnxruntime CPU InferenceSession for an exported file, with intra/inter-op threads = `threads`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path}")
-    return _session_from(str(path), threads)
-
-
-def time_onnx(path: Path, crops_float: np.ndarray, repeats: int, threads: int = 1) -> float:
-    """Milliseconds per crop for onnxruntime on one batch `crops_float` (B, 3, S, S) float32 in [0, 255].
-
-    One untimed warm-up run, then `repeats` timed runs of the whole batch; the median run time
-    divided by the batch size.
-    """
-    crops = np.ascontiguousarray(crops_float, dtype=np.float32)
-    if crops.ndim != 4 or len(crops) == 0:
-        raise ValueError(f"crops must be a non-empty (B, C, S, S) array, got shape {crops.shape}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    session = onnx_session(path, threads)
-    feed = {session.get_inputs()[0].name: crops}
-    session.run(None, feed)
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, feed)
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs) * 1000.0 / len(crops)
-
-
-def onnx_cache_dir() -> Path:
-    return Path(os.environ.get("LIPSEG_CACHE") or Path.home() / ".cache" / "lipseg") / "onnx"
-
-
-class OnnxCropRunner:
-    """The model folder's network in onnxruntime, exported once per weights file and cached by hash."""
-
-    def __init__(self, model_folder: Path, threads: int = 1):
-        digest = hashlib.sha256((Path(model_folder) / WEIGHTS_FILE).read_bytes()).hexdigest()[:20]
-        cache = onnx_cache_dir() / digest
-        if not (cache / SIDECAR_FILE).is_file():
-            try:
-                export_onnx(Path(model_folder), cache)
-            except PermissionError:  # a read-only home: export for this process only
-                import tempfile
-
-                cache = Path(tempfile.mkdtemp(prefix="lipseg-onnx-"))
-                export_onnx(Path(model_folder), cache)
-        path = cache / TWEAKED_FILE if (cache / TWEAKED_FILE).is_file() else cache / BASE_FILE
-        self.session = onnx_session(path, threads)
-        self.annotation_offset = float(read_model_meta(model_folder)["config"].get("annotation_offset", 0.0))
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [output.name for output in self.session.get_outputs()]
-
-    def __call__(self, images: np.ndarray, flip_average: bool = False) -> CropPredictions:
-        crops = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
-        if flip_average:  # one run on the crops and their mirror images
-            crops = np.concatenate([crops, mirrored(crops)])
-        outputs = dict(zip(self.output_names, self.session.run(None, {self.input_name: crops})))
-        count = len(images)
-        lips = outputs["lips"].astype(np.float32)
-        clusters = np.asarray(outputs.get("cluster", np.full(len(crops), -1)), np.int64)[:count]
-        if flip_average:  # the mirror image's lips from the plain crop's head: the gate decides once per face
-            on_mirror = (
-                outputs["head_lips"][count:][np.arange(count), clusters] if "head_lips" in outputs else lips[count:]
-            )
-            lips = average_with_mirror(
-                lips[:count], on_mirror.astype(np.float32), lambda m: unmirror(m, self.annotation_offset)
-            )
-        return CropPredictions(lips, clusters)

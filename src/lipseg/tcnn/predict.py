@@ -3,27 +3,13 @@ deployment share (lipseg.tcnn.export runs the same model in onnxruntime)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from lipseg.core.tta import average_with_mirror, mirrored
 from lipseg.data.crops import images_to_tensor
-from lipseg.data.landmarks import annotation_axis, flip_lips
+from lipseg.tcnn.crop_points import CropPredictions, unmirror
 from lipseg.tcnn.model import TCNN, TweakedTCNN, VanillaTCNN
-
-
-@dataclass
-class CropPredictions:
-    lips: np.ndarray  # (N, 56, 2) normalised crop coordinates
-    clusters: np.ndarray  # (N,) head used; -1 for a vanilla model
-
-
-def unmirror(lips: np.ndarray, annotation_offset: float) -> np.ndarray:
-    """Lips predicted on mirrored crops (B, 56, 2) back in the plain crops' frame: mirrored about the
-    annotation frame's axis, as the network was trained (lipseg.data.landmarks.annotation_axis)."""
-    return flip_lips(lips, annotation_axis(lips, annotation_offset))
 
 
 @torch.no_grad()
