@@ -67,9 +67,9 @@ TRAINED: dict[str, tuple[str, dict[str, Any]]] = {
         "boundary-aware loss: class-border pixels weigh 3x in the cross-entropy",
         {"train_segmenter": {"common": {"loss_weights": {"boundary": 2.0}}}},
     ),
-    "wide": ("twice the channels (24-48-96-144): the distillation teacher", {"train_segmenter": {ARCH: {"width": 24}}}),
+    "wide": ("twice the channels (24-48-96-144)", {"train_segmenter": {ARCH: {"width": 24}}}),
     "distilled": (
-        "distilled from `wide` (KL to its probabilities, weight 1)",
+        "distilled from the ensemble (baseline + seed1: KL to their mean probabilities, weight 1)",
         {"train_segmenter": {"common": {"loss_weights": {"distill": 1.0}}, ARCH: {"teacher": "{teacher}"}}},
     ),
     "train_val": (
@@ -92,7 +92,8 @@ def lever_params(repo: Path, lever: str, work: Path, threads: int) -> dict:
         if not baseline.is_file():
             raise SystemExit(f"[{lever}] needs the baseline's best epoch: train {baseline.parent} first")
         text = text.replace('"{baseline_epoch}"', str(int(json.loads(baseline.read_text())["best_epoch"])))
-    text = text.replace("{teacher}", str((work / "wide" / "models/segmenters" / ARCH).resolve()))
+    teachers = [repo / "models/segmenters" / ARCH, work / "seed1" / "models/segmenters" / ARCH]
+    text = text.replace('"{teacher}"', json.dumps([str(folder.resolve()) for folder in teachers]))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     deep_update(params, json.loads(text))
     params["train_segmenter"]["common"]["threads"] = threads
@@ -111,7 +112,7 @@ def train_lever(repo: Path, lever: str, levers: Path, threads: int) -> Path:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for item in LINKED:
         link = work / item
-        if not link.exists():
+        if not link.is_symlink() and not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to((repo / item).resolve(), target_is_directory=True)
     repo_params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -121,7 +122,7 @@ def train_lever(repo: Path, lever: str, levers: Path, threads: int) -> Path:
     if params["segment_crops"] != repo_params["segment_crops"]:
         if not (segment_crops / "manifest.json").is_file():
             run(["stages/segment_crops.py"], work, env, lever)
-    elif not segment_crops.exists():
+    elif not segment_crops.is_symlink() and not segment_crops.exists():
         segment_crops.symlink_to((repo / "data/segment_crops").resolve(), target_is_directory=True)
     run(["stages/train_segmenter.py", ARCH], work, env, lever)
     return model
@@ -190,7 +191,7 @@ def main() -> None:
             if lever not in TRAINED:
                 raise SystemExit(f"unknown lever {lever!r}; choose from {', '.join(TRAINED)}")
             if lever == "distilled":
-                train_lever(repo, "wide", work, args.threads)
+                train_lever(repo, "seed1", work, args.threads)
             train_lever(repo, lever, work, args.threads)
         return
     baseline = repo / "models/segmenters" / ARCH

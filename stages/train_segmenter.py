@@ -22,7 +22,7 @@ from lipseg.core.tracking import stage_run
 from lipseg.data.crops import FaceSources, Jitter, LocatorSpread, SegmentCrops, channel_normalisation
 from lipseg.evaluation.plots import training_curves
 from lipseg.segmentation.loss import LossWeights
-from lipseg.segmentation.model import SegmenterNet, load_pretrained, load_segmenter
+from lipseg.segmentation.model import MeanProbabilities, SegmenterNet, load_pretrained, load_segmenter
 from lipseg.segmentation.nets import ARCHITECTURES, SegmenterConfig
 from lipseg.segmentation.training import OnlineSegmentationTask
 
@@ -75,7 +75,8 @@ class ArchParams(Section):
     expansion: int = param(4, low=1)
     dropout: float = param(0.0, low=0, high=0.99)
     pretrained_weights: str | None = None  # a safetensors file to start from (default: from scratch)
-    teacher: str | None = None  # a trained segmenter folder to distil from (common.loss_weights.distill > 0)
+    # trained segmenter folder(s) to distil from (common.loss_weights.distill > 0); several: their mean probabilities
+    teacher: str | list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,14 @@ class TrainSegmenterParams(Section):
     plain_unet: ArchParams
 
 
-def load_teacher(folder: Path, size: int) -> SegmenterNet:
-    teacher, geometry, _ = load_segmenter(folder)
-    if geometry.size != size:
-        raise SystemExit(f"teacher {folder} takes {geometry.size} px crops, these are {size} px")
-    return teacher
+def load_teacher(folders: str | list[str], size: int) -> torch.nn.Module:
+    members = []
+    for folder in [folders] if isinstance(folders, str) else folders:
+        member, geometry, _ = load_segmenter(Path(folder))
+        if geometry.size != size:
+            raise SystemExit(f"teacher {folder} takes {geometry.size} px crops, these are {size} px")
+        members.append(member)
+    return members[0] if len(members) == 1 else MeanProbabilities(members)
 
 
 def main() -> None:
@@ -121,7 +125,7 @@ def main() -> None:
     model = SegmenterNet(config)
     model.set_normalisation(*channel_normalisation(sources.images))
     spread = LocatorSpread.from_dict(manifest["locator"]["box_vs_ground_truth"])
-    teacher = load_teacher(Path(own.teacher), size) if own.teacher else None
+    teacher = load_teacher(own.teacher, size) if own.teacher else None
     task = OnlineSegmentationTask(
         common.loss_weights,
         val,

@@ -395,3 +395,16 @@ def test_an_ensemble_averages_its_members_probabilities(records: list, tmp_path:
     )
     with pytest.raises(ValueError, match="one crop geometry"):
         SegmenterRunner(tmp_path / "m0", ensemble=(tmp_path / "m48",))
+
+
+def test_an_ensemble_teacher_gives_its_members_mean_probabilities() -> None:
+    from lipseg.segmentation.model import MeanProbabilities
+
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(SegmenterNet(SegmenterConfig(arch="plain_unet", input_size=32, width=4, depth=3)).eval())
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 255
+    with torch.no_grad():
+        expected = (members[0](images).softmax(dim=1) + members[1](images).softmax(dim=1)) / 2
+        torch.testing.assert_close(MeanProbabilities(members).eval()(images).softmax(dim=1), expected)

@@ -48,6 +48,19 @@ class SegmenterNet(SavableModel):
         return cls(SegmenterConfig.from_dict(meta["config"]))
 
 
+class MeanProbabilities(torch.nn.Module):
+    """Several segmenters as one: the log of their mean class probabilities, so that a softmax of the
+    output is the ensemble's probabilities (a teacher made of an ensemble)."""
+
+    def __init__(self, members: list[SegmenterNet]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.stack([member(images).softmax(dim=1) for member in self.members]).mean(dim=0)
+        return mean.clamp_min(1e-12).log()  # (B, 4, S, S)
+
+
 def load_segmenter(folder: Path) -> tuple[SegmenterNet, CropGeometry, dict[str, Any]]:
     """(model in eval mode, the crop geometry it was trained with, metadata) of a segmenter model folder."""
     model, meta = load_model_folder(folder, SegmenterNet)
