@@ -5,8 +5,9 @@ end-to-end figures on the validation and test photos, and a model card.
                               [--workdir DIR] [--set KEY=VALUE ...] [--dry-run]
 
 1. `dvc repro` in a scratch copy of the pipeline (git + DVC), params.yaml with the profile on top;
-2. `lipseg predict` (as a user runs it, defaults only) with the tweaked TCNN and the segmenter that
-   evaluate_segmenters chose on the validation photos, on the validation and the test photos; every
+2. `lipseg predict` (as a user runs it, defaults only) with the TCNN (tweaked only when it beats the
+   vanilla one on validation, `choose_tcnn`) and the segmenter that evaluate_segmenters chose on the
+   validation photos, on the validation and the test photos; every
    label PNG scored by the project's evaluator (= ../shared/tools/lipeval.py, cross-checked when present);
 3. the two model folders copied to src/lipseg/weights/{tcnn,segmenter}, with release.json (the figures,
    the validation names, data digest, params, commit) and MODEL_CARD.md beside them.
@@ -32,14 +33,14 @@ from lipseg.core.files import atomic_directory, write_json_atomic, write_text_at
 from lipseg.core.onnx_runtime import SHIPPED_FOLDER
 from lipseg.core.scratch import SOURCE_FILE, dvc_repro, helen_scratch_repo, load_profile, run_checked, source_commit
 from lipseg.data.helen import find_image, load_split
-from lipseg.evaluation.outputs import score_folder
+from lipseg.evaluation.outputs import annotated_face_masks, score_folder
 from lipseg.inference.models import RELEASE
 from lipseg.segmentation.export import export_segmenter_onnx
 from lipseg.tcnn.export import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("lips", "upper_lip", "lower_lip", "inner_mouth", "mouth")
-REFERENCES = {  # the 330 Helen test photos, end to end, scored from PNG masks by lipeval
+REFERENCES = {  # the 330 Helen test photos, end to end, the annotated face's PNG mask scored by lipeval
     "MediaPipe Face Mesh 0.10.21 (refine_landmarks, 40 lip points as polygons)": {
         "lips": 0.818,
         "upper_lip": 0.745,
@@ -81,24 +82,42 @@ def predict_and_score(
     if done.returncode not in (0, 1):
         raise SystemExit(f"lipseg predict failed ({done.returncode}):\n{done.stderr[-3000:]}")
     seconds = time.perf_counter() - started
-    scored = score_folder(out, records, "png")
     results = [json.loads((out / f"{record.name}.json").read_text()) for record in records]
     # The mask step as predict ran it (one thread per worker), on the photos with exactly one face.
     mask_ms = [result["timings_ms"]["mask"] for result in results if len(result["faces"]) == 1]
-    headline = scored["headline"]
     return {
         "photos": len(records),
         "no_face": sum(1 for result in results if not result["faces"]),
         "seconds": round(seconds, 1),
         "mask_ms_per_face": round(float(np.median(mask_ms)), 2) if mask_ms else None,
-        **{name: headline[f"f1_{name}"] for name in CLASSES},
+        **score_pngs(out, records),
     }
 
 
-def lipeval_check(lipeval: Path, helen: Path, split: str, names: list[str], out: Path, ours: dict) -> float:
-    """The official scorer on the same PNGs: the largest difference from our figures."""
+def score_pngs(folder: Path, records: list) -> dict[str, float]:
+    headline = score_folder(folder, records, "png")["headline"]
+    return {name: headline[f"f1_{name}"] for name in CLASSES}
+
+
+def choose_tcnn(val_metrics: dict) -> tuple[str, str]:
+    """The tweaked TCNN (GMM gate + K heads) ships only when it beats the vanilla one on the validation
+    split's ground-truth crops (lips F1); otherwise the vanilla one does: as accurate, a fifth of the size
+    and faster."""
+    base, tweaked = val_metrics["base"]["f1_lips"], val_metrics["tweaked"]["f1_lips"]
+    kind = "tweaked" if tweaked > base else "vanilla"
+    return kind, f"validation lips F1 on ground-truth crops: vanilla {base:.4f}, tweaked {tweaked:.4f}"
+
+
+def lipeval_check(lipeval: Path, helen: Path, split: str, records: list, out: Path, ours: dict) -> float:
+    """The official scorer on the same PNGs (alone in a folder: beside a JSON, lipeval scores the JSON's
+    points): the largest difference from our figures."""
     names_file, report = out.parent / f"{out.name}_names.txt", out.parent / f"{out.name}_lipeval.json"
-    names_file.write_text("\n".join(names) + "\n")
+    names_file.write_text("\n".join(record.name for record in records) + "\n")
+    pngs = out.parent / f"{out.name}_png_only"
+    shutil.rmtree(pngs, ignore_errors=True)
+    pngs.mkdir()
+    for png in out.glob("*.png"):
+        (pngs / png.name).symlink_to(png.resolve())
     run_checked(
         [
             sys.executable,
@@ -110,7 +129,7 @@ def lipeval_check(lipeval: Path, helen: Path, split: str, names: list[str], out:
             "--names",
             str(names_file),
             "--pred",
-            str(out),
+            str(pngs),
             "--json",
             str(report),
             "--quiet",
@@ -126,14 +145,16 @@ def model_card(release: dict) -> str:
     def row(name: str, figures: dict) -> str:
         return f"| {name} | " + " | ".join(f"{figures[c]:.3f}" for c in CLASSES[:4]) + f" | {figures['no_face']} |"
 
-    val, test = release["validation"], release["test"]
+    val, test, test_annotated = release["validation"], release["test"], release["test_annotated_face"]
     data = release["training_data"]
     return (
         f"""# lipseg release model
 
-The model `lipseg predict` uses when no `--model` is given: a tweaked TCNN (lip landmarks and the crop
-they place) and a {release["segmenter"]["arch"]} segmenter (the lip mask), trained by this project's DVC
-pipeline with the real-data profile (`{release["profile"]}`), commit `{release["commit"]}`.
+The model `lipseg predict` uses when no `--model` is given: a {release["tcnn"]["kind"]} TCNN (lip landmarks and
+the crop they place) and a {release["segmenter"]["arch"]} segmenter (the lip mask), trained by this project's DVC
+pipeline with the real-data profile (`{release["profile"]}`), commit `{release["commit"]}`. The tweaked
+TCNN (a GMM gate over FC5 picking one of K fine-tuned heads) ships only when it beats the vanilla one on
+the validation split; here: {release["tcnn"]["chosen_on"]}.
 
 ## Training data
 - Helen (Le, Brandt, Lin, Bourdev, Huang, ECCV 2012): {data["train_faces"]} training faces, model settings
@@ -148,14 +169,21 @@ Do not use them in a product or redistribute them for commercial purposes. Cite 
 
 ## End-to-end figures
 `lipseg predict` with its defaults (dlib HOG face, TCNN landmarks, segmenter mask), every photo's label PNG
-scored by the EVALUATION.md evaluator (pooled pixel F1; a photo without a face scores as an empty mask):
+scored by the EVALUATION.md evaluator (pooled pixel F1; a photo without a face scores as an empty mask).
+Helen annotates one face per photo. *Annotated face*: the PNG keeps only that face (the JSON face whose
+lips are nearest the annotation, as the evaluator picks from JSON), the protocol of the MediaPipe and dlib
+reference rows, whose scripts draw only that face. *Every face*: the PNG as `lipseg predict` writes it,
+where the other people in a photo count as false positives
+({test_annotated["photos_with_other_faces"]} of the {test["photos"]} test photos have more than one face).
 
 | photos | lips | upper lip | lower lip | inner mouth | photos without a face |
 |---|---|---|---|---|---|
-{row(f"validation ({val['photos']})", val)}
-{row(f"test ({test['photos']})", test)}
-{row("validation, `--mask-source landmarks`", release["validation_landmarks"])}
-{row("test, `--mask-source landmarks`", release["test_landmarks"])}
+{row(f"validation ({val['photos']}), annotated face", release["validation_annotated_face"])}
+{row(f"test ({test['photos']}), annotated face", test_annotated)}
+{row("validation, every face", val)}
+{row("test, every face", test)}
+{row("validation, `--mask-source landmarks`, annotated face", release["validation_landmarks_annotated_face"])}
+{row("test, `--mask-source landmarks`, annotated face", release["test_landmarks_annotated_face"])}
 """
         + "\n".join(row(f"{name}, test", figures) for name, figures in REFERENCES.items())
         + f"""
@@ -198,34 +226,42 @@ def main() -> None:
     # With --reuse this is only what was left to run; each model folder records its own training time.
     repro_minutes = (time.perf_counter() - started) / 60
     best = json.loads((repo / "models" / "segmenters" / "best.json").read_text())
-    tcnn, segmenter = repo / "models" / "tcnn", repo / best["folder"]
+    tcnn_kind, tcnn_reason = choose_tcnn(json.loads((repo / "metrics.json").read_text())["val"])
+    tcnn = repo / "models" / ("tcnn" if tcnn_kind == "tweaked" else "base")
+    segmenter = repo / best["folder"]
+    print(f"TCNN: {tcnn_kind} ({tcnn_reason})", flush=True)
     crops = json.loads((repo / "data" / "crops" / "manifest.json").read_text())
     val_names = set(crops["names"]["val"])
     val = [record for record in load_split(args.helen, "train")[0] if record.name in val_names]
     test = load_split(args.helen, "test")[0]
     figures = {}
     for split, records in (("validation", val), ("test", test)):
-        out = workdir / f"predict_{split}"
-        shutil.rmtree(out, ignore_errors=True)
-        figures[split] = predict_and_score(repo, env, records, tcnn, segmenter, out)
-        figures[f"{split}_landmarks"] = predict_and_score(
-            repo, env, records, tcnn, segmenter, workdir / f"predict_{split}_landmarks", "landmarks"
-        )
-        if args.lipeval.is_file():
-            figures[split]["lipeval_max_difference"] = lipeval_check(
-                args.lipeval,
-                args.helen,
-                "train" if split == "validation" else "test",
-                [r.name for r in records],
-                out,
-                figures[split],
+        for mask_source, suffix in (("auto", ""), ("landmarks", "_landmarks")):
+            out = workdir / f"predict_{split}{suffix}"
+            shutil.rmtree(out, ignore_errors=True)
+            figures[f"{split}{suffix}"] = predict_and_score(repo, env, records, tcnn, segmenter, out, mask_source)
+            annotated = workdir / f"predict_{split}{suffix}_annotated_face"
+            shutil.rmtree(annotated, ignore_errors=True)
+            trimmed = annotated_face_masks(out, records, annotated)
+            figures[f"{split}{suffix}_annotated_face"] = figures[f"{split}{suffix}"] | score_pngs(annotated, records)
+            figures[f"{split}{suffix}_annotated_face"]["photos_with_other_faces"] = trimmed
+            if args.lipeval.is_file():
+                for folder, key in ((out, f"{split}{suffix}"), (annotated, f"{split}{suffix}_annotated_face")):
+                    figures[key]["lipeval_max_difference"] = lipeval_check(
+                        args.lipeval,
+                        args.helen,
+                        "train" if split == "validation" else "test",
+                        records,
+                        folder,
+                        figures[key],
+                    )
+        for key in (split, f"{split}_annotated_face"):
+            print(
+                f"{key}: "
+                + ", ".join(f"{name} {figures[key][name]:.3f}" for name in CLASSES)
+                + f", {figures[key]['no_face']} without a face",
+                flush=True,
             )
-        print(
-            f"{split}: "
-            + ", ".join(f"{name} {figures[split][name]:.3f}" for name in CLASSES)
-            + f", {figures[split]['no_face']} without a face",
-            flush=True,
-        )
     segmenter_metrics = json.loads((repo / "metrics_segmenters.json").read_text())
     segmenter_meta = json.loads((segmenter / "lipseg_model.json").read_text())
     # The commit whose pipeline trained the models (the scratch repo's code); predicting ran this checkout's.
@@ -243,9 +279,13 @@ def main() -> None:
         "validation_names": sorted(val_names),
         "validation": figures["validation"],
         "test": figures["test"],
-        "validation_landmarks": figures["validation_landmarks"],
-        "test_landmarks": figures["test_landmarks"],
+        **{
+            f"{split}{suffix}": figures[f"{split}{suffix}"]
+            for split in ("validation", "test")
+            for suffix in ("_annotated_face", "_landmarks", "_landmarks_annotated_face")
+        },
         "references": REFERENCES,
+        "tcnn": {"kind": tcnn_kind, "chosen_on": tcnn_reason},
         "segmenter": {
             "arch": best["arch"],
             "chosen_on": best["chosen_on"],

@@ -44,7 +44,7 @@ def test_the_release_model_ships_small_with_its_card(release: dict) -> None:
     assert release["profile"] == "profiles/helen.yaml" and release["params"]["data"]["source"] == "helen"
 
 
-def test_predict_uses_the_release_model_from_any_folder(tmp_path: Path, synthetic_dir: Path) -> None:
+def test_predict_uses_the_release_model_from_any_folder(release: dict, tmp_path: Path, synthetic_dir: Path) -> None:
     records, _ = load_split(synthetic_dir, "test")
     photo = tmp_path / "face.jpg"
     cv2.imwrite(str(photo), cv2.resize(cv2.imread(str(records[0].image_path)), (320, 320)))
@@ -59,7 +59,7 @@ def test_predict_uses_the_release_model_from_any_folder(tmp_path: Path, syntheti
     assert done.returncode == 0, done.stderr
     assert "warning" not in done.stderr  # trained on real photos: no synthetic-data warning
     result = json.loads((elsewhere / "out" / "face.json").read_text())
-    assert result["mask_source"].startswith("segmenter:") and result["model"] == "tweaked"
+    assert result["mask_source"].startswith("segmenter:") and result["model"] == release["tcnn"]["kind"]
     mask = cv2.imread(str(elsewhere / "out" / "face.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (320, 320) and set(np.unique(mask)) <= {0, 1, 2, 3}
 

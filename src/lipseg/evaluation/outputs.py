@@ -1,5 +1,6 @@
 """Scoring a folder of prediction files (what `lipseg predict` writes) against Helen ground truth, as the
-official scorer (lipeval) does: one `<name>.png` label mask per photo, or the `<name>.json` lips."""
+official scorer (lipeval) does: one `<name>.png` label mask per photo, or the `<name>.json` lips; and the
+label masks cut down to the face the annotation is of (the protocol of the MediaPipe and dlib baselines)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from lipseg.core.files import write_png_atomic
 from lipseg.data.helen import Record
-from lipseg.evaluation.report import face_truth, headline_metrics, summarise
+from lipseg.data.landmarks import HELEN_LIPS
+from lipseg.evaluation.report import face_truth, headline_metrics, pick_face, summarise
 
 
 def read_prediction(folder: Path, name: str, kind: Literal["png", "json"]) -> Any:
@@ -40,3 +43,33 @@ def score_folder(
         fail_threshold=fail_threshold,
     )
     return {"headline": headline_metrics(summary), "summary": summary}
+
+
+def annotated_face_masks(folder: Path, records: list[Record], out: Path) -> int:
+    """Writes to `out` each photo's `<name>.png` from `folder` keeping only the face the ground truth
+    annotates: the JSON face whose lip centroid is nearest the annotated one (lipeval's rule for JSON), its
+    pixels being those nearer its lip points than any other face's. Helen annotates one face per photo; the
+    MediaPipe and dlib baselines draw only that face, where `lipseg predict` draws every face it finds, so
+    this is the like-for-like comparison. Returns the number of photos where another face was removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    trimmed = 0
+    for record in records:
+        mask = read_prediction(folder, record.name, "png")
+        faces = read_prediction(folder, record.name, "json")
+        if mask is None or faces is None:
+            continue
+        if len(faces) > 1:
+            keep = pick_face(faces, record.points[HELEN_LIPS])
+            rows, cols = np.nonzero(mask)
+            pixels = np.stack([cols, rows], axis=1).astype(np.float64)  # (P, 2) as (x, y)
+            # (P, F): each labelled pixel's distance to the nearest lip point of each face
+            distances = np.stack(
+                [np.linalg.norm(pixels[:, None] - face[None], axis=2).min(axis=1) for face in faces], 1
+            )
+            owner = distances.argmin(axis=1)
+            index = next(i for i, face in enumerate(faces) if face is keep)
+            mask = mask.copy()
+            mask[rows[owner != index], cols[owner != index]] = 0
+            trimmed += 1
+        write_png_atomic(out / f"{record.name}.png", mask)
+    return trimmed
