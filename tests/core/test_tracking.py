@@ -85,3 +85,22 @@ def test_registered_model_round_trip(mlflow_store: str, monkeypatch: pytest.Monk
     np.testing.assert_allclose(pyfunc.predict(crops), expected, atol=1e-6)
     signature = pyfunc.metadata.signature
     assert signature is not None and tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 40, 40, 3)
+
+
+def test_a_pipeline_key_survives_a_clock_step() -> None:
+    """Two stages of one `dvc repro` must find the same parent run. psutil's create_time() moves when the
+    system clock is stepped (seen: 1-3 s between stages, three parent runs for one repro), so the key uses
+    the process start that does not."""
+    import subprocess
+    import sys
+
+    # A stand-in `dvc repro` process runs a stage that asks for its ancestor twice, the clock stepping between.
+    stage = (
+        "import itertools, os, psutil; from lipseg.core import tracking; steps = itertools.count(); "
+        "real = psutil.Process.create_time; "
+        "psutil.Process.create_time = lambda self: 1000.0 + next(steps) if self.pid == os.getppid() else real(self); "
+        "print(tracking._dvc_ancestor() == tracking._dvc_ancestor() is not None)"
+    )
+    dvc = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {stage!r}])"
+    done = subprocess.run([sys.executable, "-c", dvc, "dvc", "repro"], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True", done.stderr

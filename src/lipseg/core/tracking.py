@@ -70,6 +70,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def process_start(process) -> float:
+    """When `process` started, stable for its whole life. psutil's create_time() is derived from the boot
+    time, which moves when the system clock is stepped (NTP), so two stages of one `dvc repro` could see
+    their DVC process start at different times; on Linux the start in clock ticks since boot does not move."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+        return float(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the "(comm)" field
+    return process.create_time()
+
+
 def _dvc_ancestor() -> tuple[int, float] | None:
     """(pid, start time) of the nearest ancestor process running DVC, if any."""
     import psutil
@@ -80,7 +90,7 @@ def _dvc_ancestor() -> tuple[int, float] | None:
             with contextlib.suppress(psutil.Error):
                 command = " ".join(process.cmdline())
                 if "dvc" in command and any(verb in command for verb in ("repro", " exp ", "exp run")):
-                    return process.pid, process.create_time()
+                    return process.pid, process_start(process)
             process = process.parent()
     return None
 
