@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,12 +45,18 @@ def untrained_base(images: np.ndarray) -> VanillaTCNN:
     return base
 
 
-def test_each_cluster_gets_its_own_head(tmp_path: Path) -> None:
+def base_and_mixture(per_state: int, k: int) -> tuple[np.ndarray, np.ndarray, VanillaTCNN, np.ndarray, Any]:
+    """Seeded clustered crops, an untrained base model, its FC5 features and a k-component mixture over them."""
     set_determinism(0)
-    images, lips = clustered_crops()
+    images, lips = clustered_crops(per_state)
     base = untrained_base(images)
     _, features = trunk_and_fc5(base, images)
-    mixture, _ = fit_gmm(features, GMMConfig(k=3, n_init=2))
+    mixture, _ = fit_gmm(features, GMMConfig(k=k, n_init=2))
+    return images, lips, base, features, mixture
+
+
+def test_each_cluster_gets_its_own_head(tmp_path: Path) -> None:
+    images, lips, base, features, mixture = base_and_mixture(40, k=3)
     config = HeadsConfig(lr=1e-3, epochs=4, patience=4, batch_size=16, min_cluster_size=5, min_val_size=2)
     val = np.arange(0, len(images), 5)
     tweaked, reports = finetune_heads(
@@ -78,11 +85,7 @@ def test_each_cluster_gets_its_own_head(tmp_path: Path) -> None:
 
 
 def test_small_clusters_fall_back_to_the_base_head() -> None:
-    set_determinism(0)
-    images, lips = clustered_crops(per_state=10)
-    base = untrained_base(images)
-    _, features = trunk_and_fc5(base, images)
-    mixture, _ = fit_gmm(features, GMMConfig(k=3, n_init=2))
+    images, lips, base, features, mixture = base_and_mixture(10, k=3)
     sizes = np.bincount(assign(mixture, features), minlength=3)
     config = HeadsConfig(lr=1e-3, epochs=2, min_cluster_size=int(sizes.max()) + 1)
     tweaked, reports = finetune_heads(
@@ -96,11 +99,7 @@ def test_small_clusters_fall_back_to_the_base_head() -> None:
 
 @pytest.mark.parametrize("keep_if_better", [True, False])
 def test_a_head_without_validation_gain_is_replaced_by_the_base_head(keep_if_better: bool) -> None:
-    set_determinism(0)
-    images, lips = clustered_crops(per_state=10)
-    base = untrained_base(images)
-    _, features = trunk_and_fc5(base, images)
-    mixture, _ = fit_gmm(features, GMMConfig(k=2, n_init=2))
+    images, lips, base, features, mixture = base_and_mixture(10, k=2)
     # lr 0: every head ends exactly where the base head is, so none improves on the validation crops.
     config = HeadsConfig(
         lr=0.0, epochs=2, patience=2, min_cluster_size=1, min_val_size=1, keep_if_better=keep_if_better
@@ -112,11 +111,7 @@ def test_a_head_without_validation_gain_is_replaced_by_the_base_head(keep_if_bet
 
 
 def test_cluster_sizes_count_faces_not_their_jittered_copies() -> None:
-    set_determinism(0)
-    images, lips = clustered_crops(per_state=12)  # 36 crops: 4 faces of 3 copies per state
-    base = untrained_base(images)
-    _, features = trunk_and_fc5(base, images)
-    mixture, _ = fit_gmm(features, GMMConfig(k=3, n_init=2))
+    images, lips, base, features, mixture = base_and_mixture(12, k=3)  # 36 crops: 4 faces of 3 copies per state
     config = HeadsConfig(lr=1e-3, epochs=1, patience=1, min_cluster_size=5, min_val_size=1)
     _, reports = finetune_heads(
         base, mixture, data(images, lips, faces=12), data(images, lips), config, MSE, progress=False
@@ -128,11 +123,7 @@ def test_cluster_sizes_count_faces_not_their_jittered_copies() -> None:
 
 
 def test_heads_are_trained_with_the_base_models_loss_and_schedule(tmp_path: Path) -> None:
-    set_determinism(0)
-    images, lips = clustered_crops(per_state=10)
-    base = untrained_base(images)
-    _, features = trunk_and_fc5(base, images)
-    mixture, _ = fit_gmm(features, GMMConfig(k=2, n_init=2))
+    images, lips, base, features, mixture = base_and_mixture(10, k=2)
     config = HeadsConfig(lr=1e-3, epochs=4, patience=4, min_cluster_size=1, min_val_size=1, keep_if_better=False)
     wing = BaseTraining("wing", 1e-4, "cosine", 0, 0.5)
     _, reports = finetune_heads(base, mixture, data(images, lips), data(images, lips), config, wing, progress=False)
