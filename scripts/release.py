@@ -32,7 +32,7 @@ import yaml
 from lipseg.core.files import atomic_directory, write_json_atomic, write_text_atomic
 from lipseg.core.onnx_runtime import SHIPPED_FOLDER
 from lipseg.core.scratch import SOURCE_FILE, dvc_repro, helen_scratch_repo, load_profile, run_checked, source_commit
-from lipseg.data.helen import find_image, load_split
+from lipseg.data.helen import load_split
 from lipseg.evaluation.outputs import annotated_face_masks, score_folder
 from lipseg.inference.models import RELEASE
 from lipseg.segmentation.export import export_segmenter_onnx
@@ -56,7 +56,7 @@ def predict_and_score(
     repo: Path, env: dict[str, str], records: list, tcnn: Path, segmenter: Path, out: Path, mask_source: str = "auto"
 ) -> dict:
     """`lipseg predict` on the records' photos (defaults, no overlay) and the lipeval figures of its PNGs."""
-    photos = [str(find_image(Path(records[0].image_path).parents[1], record.name)) for record in records]
+    photos = [str(record.image_path) for record in records]
     started = time.perf_counter()
     command = [
         sys.executable,

@@ -14,7 +14,7 @@ import pytest
 
 from lipseg.core.model_meta import read_model_meta
 from lipseg.core.onnx_runtime import SHIPPED_FOLDER, export_for
-from lipseg.data.helen import find_image, load_split
+from lipseg.data.helen import load_split
 from lipseg.evaluation.outputs import score_folder
 from lipseg.inference.models import RELEASE, RELEASE_SEGMENTER, RELEASE_TCNN, training_data_warning
 from lipseg.segmentation.onnx_runner import SIDECAR_FILE as SEGMENTER_SIDECAR
@@ -72,7 +72,7 @@ def test_the_release_model_scores_its_card_on_the_validation_photos(
     names = set(release["validation_names"])
     records = [record for record in load_split(helen_dir, "train")[0] if record.name in names]
     assert len(records) == len(names) == release["validation"]["photos"]
-    photos = [str(find_image(helen_dir, record.name)) for record in records]
+    photos = [str(record.image_path) for record in records]
     done = subprocess.run(
         [sys.executable, "-m", "lipseg", "predict", *photos, "--out", str(tmp_path / "out"), "--no-overlay", "--quiet"],
         capture_output=True,
