@@ -11,7 +11,7 @@ import numpy as np
 from lipseg.core import paths
 from lipseg.core.files import atomic_directory, write_json_atomic, write_npz_atomic
 from lipseg.core.images import DEFAULT_MAX_PIXELS
-from lipseg.core.params import ParamsError, Section, load_params, param
+from lipseg.core.params import ParamsError, Section, load_params, param, run_stage, seed_param
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import Jitter, normalisation_images, split_train_val
 from lipseg.data.geometry import CropGeometry, FaceToMouth, box_differences
@@ -34,7 +34,7 @@ class CropParams(Section):
     box_source: Literal["gt", "detector"] = "gt"
     detector: Literal["hog", "cnn", "hog+cnn"] = "hog"
     detector_upsample: int = param(1, low=0, high=3)
-    seed: int = 0
+    seed: int = seed_param()
     max_pixels: int = param(DEFAULT_MAX_PIXELS, low=1)
     # Where the annotations sit off the image content, in mouth widths (x): mirrored copies and flip averaging
     # mirror about that axis. 0 for the synthetic faces (drawn exactly); Helen's: bench/annotation_offset.py.
@@ -163,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

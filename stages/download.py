@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lipseg.core import paths
 from lipseg.core.files import atomic_directory, write_json_atomic
-from lipseg.core.params import load_params
+from lipseg.core.params import load_params, run_stage
 from lipseg.core.tracking import stage_run
 from lipseg.data.sources import DATASET_FILE, DataParams, materialise
 
@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

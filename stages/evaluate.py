@@ -14,7 +14,7 @@ from lipseg.core.files import (
     write_png_atomic,
     write_text_atomic,
 )
-from lipseg.core.params import Section, load_params, param
+from lipseg.core.params import Section, load_params, param, run_stage
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import CropSet
 from lipseg.data.helen import load_split
@@ -84,17 +84,6 @@ def main() -> None:
         metrics["crops_from"] = "ground-truth landmarks"
         metrics["tweaked_vs_base_nme_io"] = metrics["tweaked"]["nme_io"] / metrics["base"]["nme_io"]
         metrics["per_cluster"] = per_cluster(scores["base"], scores["tweaked"])
-        write_json_atomic(paths.METRICS, metrics)
-        write_text_atomic(
-            CED_CSV,
-            "threshold,"
-            + ",".join(curves)
-            + "\n"
-            + "".join(
-                f"{t:.4f}," + ",".join(f"{curves[label][i]:.4f}" for label in curves) + "\n"
-                for i, t in enumerate(thresholds)
-            ),
-        )
         with atomic_directory(REPORT_DIR) as staging:
             for label, model_score in scores.items():
                 write_prediction_files(staging / "pred_test" / label, test, model_score)
@@ -104,6 +93,18 @@ def main() -> None:
             max_pixels = int(manifest["max_pixels"])
             tiles, captions = overlay_tiles(test, records, scores, params.overlay_count, max_pixels)
             write_png_atomic(staging / "overlays.png", overlay_grid(tiles, columns=6, tile_size=160, captions=captions))
+            # Last in the block: the report folder is swapped in only once everything is written.
+            write_json_atomic(paths.METRICS, metrics)
+            write_text_atomic(
+                CED_CSV,
+                "threshold,"
+                + ",".join(curves)
+                + "\n"
+                + "".join(
+                    f"{t:.4f}," + ",".join(f"{curves[label][i]:.4f}" for label in curves) + "\n"
+                    for i, t in enumerate(thresholds)
+                ),
+            )
         for label in scores:
             run.log_metrics({f"{label}.{key}": value for key, value in metrics[label].items()}, to_parent=True)
             run.log_metrics(
@@ -128,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

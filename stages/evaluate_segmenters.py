@@ -19,7 +19,7 @@ from lipseg.core.files import (
     write_png_atomic,
     write_text_atomic,
 )
-from lipseg.core.params import Section, load_params, param
+from lipseg.core.params import Section, load_params, param, run_stage
 from lipseg.core.runtime import set_threads
 from lipseg.core.tracking import stage_run
 from lipseg.data.helen import load_split
@@ -170,4 +170,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

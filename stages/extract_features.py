@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lipseg.core import paths
-from lipseg.core.files import write_npz_atomic
-from lipseg.core.params import Section, load_params, param
+from lipseg.core.files import atomic_directory, write_npz_atomic
+from lipseg.core.params import Section, load_params, param, run_stage
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import CropSet
 from lipseg.tcnn.model import load_tcnn
@@ -25,7 +25,10 @@ def main() -> None:
         model, _, _ = load_tcnn(paths.BASE_MODEL)
         train = CropSet.load(paths.CROPS / "train.npz")
         _, features = trunk_and_fc5(model, train.images, batch_size=params.batch_size)
-        write_npz_atomic(paths.FEATURES, fc5=features, names=train.names, copy_index=train.copy_index)
+        with atomic_directory(paths.FEATURES.parent) as staging:
+            write_npz_atomic(
+                staging / paths.FEATURES.name, fc5=features, names=train.names, copy_index=train.copy_index
+            )
         run.log_metrics(
             {"crops": len(features), "dimensions": features.shape[1], "mean_activation": float(features.mean())}
         )
@@ -33,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

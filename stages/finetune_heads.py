@@ -6,7 +6,7 @@ import numpy as np
 
 from lipseg.core import paths
 from lipseg.core.files import atomic_directory, write_json_atomic
-from lipseg.core.params import load_params
+from lipseg.core.params import load_params, run_stage
 from lipseg.core.runtime import set_determinism
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import CropSet
@@ -89,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

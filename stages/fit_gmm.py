@@ -15,7 +15,7 @@ from lipseg.core.files import (
     write_png_atomic,
     write_text_atomic,
 )
-from lipseg.core.params import ParamsError, Section, load_params, param
+from lipseg.core.params import ParamsError, Section, load_params, param, run_stage, seed_param
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import CropSet
 from lipseg.evaluation.overlays import overlay_grid
@@ -34,7 +34,7 @@ class GmmParams(Section):
     fit_on: Literal["all", "plain"] = "all"  # all training crops | plain: one unjittered crop per face
     reg_covar: float = param(1e-4, low=0, low_open=True)
     n_init: int = param(3, low=1)
-    seed: int = 0
+    seed: int = seed_param()
     montage_per_cluster: int = param(36, low=0)
 
     def check(self, name: str) -> None:
@@ -71,13 +71,11 @@ def main() -> None:
             assign_by_source(mixture, features, stored["names"], copy_index) if plain else assign(mixture, features)
         )
         sizes = np.bincount(labels, minlength=mixture.n_components).tolist()
-        save_gmm(paths.GMM, mixture)
-        write_text_atomic(
-            BIC_CSV, "k,bic,aic\n" + "".join(f"{row['k']},{row['bic']:.3f},{row['aic']:.3f}\n" for row in table)
-        )
         crops = CropSet.load(paths.CROPS / "train.npz")
         rng = np.random.default_rng(config.seed)
-        with atomic_directory(REPORT_DIR) as staging:
+        # Both folders are staged, and swapped in only once everything is made: a failure leaves the old ones.
+        with atomic_directory(paths.GMM.parent) as model_staging, atomic_directory(REPORT_DIR) as staging:
+            save_gmm(model_staging / paths.GMM.name, mixture)
             bic_curve(table, mixture.n_components, staging / "bic.png")
             for cluster in range(mixture.n_components):
                 members = np.flatnonzero(labels == cluster)
@@ -102,6 +100,9 @@ def main() -> None:
                     "selection": "bic" if params.k == "auto" else "fixed",
                 },
             )
+            write_text_atomic(
+                BIC_CSV, "k,bic,aic\n" + "".join(f"{row['k']},{row['bic']:.3f},{row['aic']:.3f}\n" for row in table)
+            )
         run.log_metrics(
             {"k": mixture.n_components, **{f"cluster_{i}_size": size for i, size in enumerate(sizes)}}, to_parent=True
         )
@@ -117,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

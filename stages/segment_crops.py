@@ -11,7 +11,7 @@ from typing import Literal
 from lipseg.core import paths
 from lipseg.core.files import atomic_directory, write_json_atomic
 from lipseg.core.model_folder import read_model_meta
-from lipseg.core.params import Section, load_params, param
+from lipseg.core.params import Section, load_params, param, run_stage, seed_param
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import Jitter, LocatorSpread
 from lipseg.data.faceparts import list_records, validate_class_table
@@ -36,13 +36,13 @@ class SegmentCropsParams(Section):
     copies: int = param(2, low=0)  # jittered copies per validation face, on top of the plain crop
     rotate_deg: float = param(10.0, low=0, high=180)
     brightness: float = param(0.2, low=0, high=1)
-    min_shift: float = param(0.02, low=0)  # floors on the measured spread (fraction of the box side; log scale)
-    min_scale: float = param(0.03, low=0)
+    min_shift: float = param(0.02, low=0, high=0.5)  # floors on the measured spread (fraction of the box side;
+    min_scale: float = param(0.03, low=0, high=1)  # log scale), as Jitter.shift and Jitter.scale
     flip: bool = True  # mirror half the training crops (about the annotation frame's axis)
     detector: Literal["hog", "cnn", "hog+cnn"] = "hog"
     detector_upsample: int = param(1, low=0, high=3)
     locator_flip_tta: bool = True
-    seed: int = 0
+    seed: int = seed_param()
     extra_sources: list[dict[str, str]] = param([])  # [{format: lapa, path: ..., split: train}]
     class_tables: dict[str, dict[str, int]] = param({})
 
@@ -151,4 +151,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

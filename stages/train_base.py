@@ -24,7 +24,7 @@ from lipseg.core.distributed import (
 )
 from lipseg.core.files import atomic_directory, csv_text, load_npz, write_text_atomic
 from lipseg.core.fit import FitConfig, FitResult, fit
-from lipseg.core.params import Section, load_params, param
+from lipseg.core.params import ParamsError, Section, load_params, param, run_stage, seed_param
 from lipseg.core.runtime import resolve_device, set_determinism
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import CropSet, images_to_tensor
@@ -53,15 +53,13 @@ class TrainBaseParams(Section):
     lr_schedule: Literal["plateau", "cosine", "none"] = "plateau"
     lr_patience: int = param(5, low=0)
     lr_factor: float = param(0.5, low=0, high=1, low_open=True)
-    seed: int = 0
+    seed: int = seed_param()
     device: str = "auto"
     processes: int = param(1, low=1)
     num_workers: int = param(0, low=0)
     amp: bool = True
 
     def check(self, name: str) -> None:
-        from lipseg.core.params import ParamsError
-
         if len(self.conv_channels) != len(self.conv_kernels):
             raise ParamsError(
                 f"params.yaml: {name}.conv_channels and {name}.conv_kernels need one entry per conv "
@@ -177,8 +175,9 @@ def train_stage(section: dict, params: TrainBaseParams, ranks: Ranks) -> None:
                     "training_data": manifest["training_data"],
                 },
             )
-        write_text_atomic(HISTORY_CSV, csv_text(result.history))
-        training_curves(result.history, CURVES_PNG, "train_base", loss_label=f"{params.loss} loss (mouth widths)")
+            # Inside the block: the model folder is swapped in last, once everything else is written.
+            write_text_atomic(HISTORY_CSV, csv_text(result.history))
+            training_curves(result.history, CURVES_PNG, "train_base", loss_label=f"{params.loss} loss (mouth widths)")
         run.log_metrics(
             {"best_val_nme": result.best_value, "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
         )
@@ -193,4 +192,4 @@ def train_stage(section: dict, params: TrainBaseParams, ranks: Ranks) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -16,7 +16,7 @@ from lipseg.core import paths
 from lipseg.core.files import atomic_directory, csv_text, write_text_atomic
 from lipseg.core.fit import FitConfig, fit
 from lipseg.core.model_folder import parameter_count
-from lipseg.core.params import Section, load_params, param
+from lipseg.core.params import ParamsError, Section, load_params, param, run_stage, seed_param
 from lipseg.core.runtime import resolve_device, set_determinism, set_threads
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import FaceSources, Jitter, LocatorSpread, SegmentCrops, channel_normalisation
@@ -42,11 +42,18 @@ class CommonParams(Section):
     warmup_epochs: int = param(0, low=0)  # cosine: linear warm-up first
     loss_weights: LossWeights = field(default_factory=LossWeights)
     threads: int = param(0, low=0)  # torch CPU threads (0 = all cores)
-    seed: int = 0
+    seed: int = seed_param()
     device: str = "auto"
     # True: the final retrain, on the training and the validation faces for exactly max_epochs (set it to the
     # best epoch of the run chosen on validation), keeping the last weights; the validation F1 is then not held out
     include_val: bool = False
+
+    def check(self, name: str) -> None:
+        if self.warmup_epochs >= self.max_epochs:
+            raise ParamsError(
+                f"params.yaml: {name}.warmup_epochs must be < {name}.max_epochs ({self.max_epochs}), "
+                f"got {self.warmup_epochs}"
+            )
 
     def fit_config(self) -> FitConfig:
         return FitConfig(
@@ -88,6 +95,15 @@ class TrainSegmenterParams(Section):
     deeplabv3plus: ArchParams
     plain_unet: ArchParams
 
+    def for_arch(self, arch: str, name: str) -> ArchParams:
+        """`arch`'s own subsection, checked against `common` (a stage instance reads only its own arch's)."""
+        own, distill = getattr(self, arch), self.common.loss_weights.distill
+        if own.teacher and not distill:
+            raise ParamsError(f"params.yaml: {name}.{arch}.teacher needs {name}.common.loss_weights.distill > 0")
+        if distill and not own.teacher:
+            raise ParamsError(f"params.yaml: {name}.common.loss_weights.distill > 0 needs {name}.{arch}.teacher")
+        return own
+
 
 def load_teacher(folders: str | list[str], size: int) -> torch.nn.Module:
     members = []
@@ -105,7 +121,7 @@ def main() -> None:
     arch = parser.parse_args().arch
     section = load_params("train_segmenter")
     params = TrainSegmenterParams.from_params(section, "train_segmenter")
-    common, own = params.common, getattr(params, arch)
+    common, own = params.common, params.for_arch(arch, "train_segmenter")
     set_determinism(common.seed)
     sources = FaceSources.load(paths.SEGMENT_CROPS / "sources.npz")
     if common.include_val:
@@ -182,15 +198,16 @@ def main() -> None:
                     "locator": manifest["locator"]["box_vs_ground_truth"],
                 },
             )
-        write_text_atomic(curves.with_name("history.csv"), csv_text(result.history))
-        training_curves(
-            result.history,
-            curves,
-            f"train_segmenter@{arch}",
-            metric_key="val_f1_lips",
-            metric_label="lips F1",
-            loss_label="loss (CE + Dice + Jaccard)",
-        )
+            # Inside the block: the model folder is swapped in last, once everything else is written.
+            write_text_atomic(curves.with_name("history.csv"), csv_text(result.history))
+            training_curves(
+                result.history,
+                curves,
+                f"train_segmenter@{arch}",
+                metric_key="val_f1_lips",
+                metric_label="lips F1",
+                loss_label="loss (CE + Dice + Jaccard)",
+            )
         run.log_metrics(
             {
                 "best_val_f1_lips": result.best_value,
@@ -211,4 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -42,6 +42,19 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture
+def face_photo(tmp_path: Path, synthetic_dir: Path) -> Path:
+    """One synthetic face photo, upscaled so that dlib's HOG detector finds the face."""
+    import cv2
+
+    from lipseg.data.helen import load_split
+
+    records, _ = load_split(synthetic_dir, "test")
+    photo = tmp_path / "face.jpg"
+    cv2.imwrite(str(photo), cv2.resize(cv2.imread(str(records[0].image_path)), (320, 320)))
+    return photo
+
+
 @pytest.fixture(scope="session")
 def lipeval() -> ModuleType:
     """The official scorer (../shared/tools/lipeval.py) as a module; skips when it is not here."""
@@ -104,3 +117,12 @@ def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: P
 def onnx_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     """`lipseg predict` caches ONNX exports under ~/.cache/lipseg; tests keep theirs in a temp dir."""
     os.environ["LIPSEG_CACHE"] = str(tmp_path_factory.mktemp("lipseg-cache"))
+
+
+@pytest.fixture
+def onnx_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of ONNX exports for this test alone (the session's one may hold an export of the same weights)."""
+    from lipseg.core.onnx_runtime import onnx_cache_dir
+
+    monkeypatch.setenv("LIPSEG_CACHE", str(tmp_path / "lipseg-cache"))
+    return onnx_cache_dir()

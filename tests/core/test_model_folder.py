@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from lipseg.core.model_folder import META_FILE, WEIGHTS_FILE, ModelFolderError, read_model_meta
 from lipseg.data.geometry import CropGeometry
+from lipseg.inference.cli import main
 from lipseg.segmentation.model import SegmenterNet, load_segmenter
 from lipseg.segmentation.nets import SegmenterConfig
 from lipseg.segmentation.runner import crop_probabilities
@@ -80,47 +81,120 @@ def test_legacy_per_family_folders_still_load(tmp_path: Path) -> None:
     assert load_segmenter(tmp_path / "seg")[2]["family"] == "segmenter"
 
 
-def _broken(tmp_path: Path, damage: str) -> Path:
-    folder = tmp_path / damage
-    VanillaTCNN(TCNNConfig()).save(folder, CropGeometry().to_dict())
+def _small_folder(folder: Path, family: str) -> Path:
+    """An untrained folder of either family: a tweaked TCNN with two heads, or a U-Net segmenter."""
+    torch.manual_seed(0)
+    if family == "tcnn":
+        vanilla = VanillaTCNN(TCNNConfig(conv_channels=[8, 16, 16, 16], fc5=32))
+        TweakedTCNN.from_vanilla(vanilla, 2).save(folder, CropGeometry().to_dict())
+    else:
+        SegmenterNet(SegmenterConfig(arch="unet", input_size=32, width=8, depth=3)).save(
+            folder, CropGeometry(32, 0.5).to_dict()
+        )
+    return folder
+
+
+LOADERS = {"tcnn": load_tcnn, "segmenter": load_segmenter}
+
+
+def _broken(tmp_path: Path, damage: str, family: str = "tcnn") -> Path:
+    folder = _small_folder(tmp_path / family / damage, family)
     meta_path, weights = folder / META_FILE, folder / WEIGHTS_FILE
     meta = json.loads(meta_path.read_text())
+    if damage == "unknown schema":
+        meta["schema"] = "lipseg-tcnn/99"
+    elif damage == "unknown kind":
+        meta["kind"] = "tripled"
+    elif damage == "a config the weights do not match" and family == "tcnn":
+        meta["components"] = 99  # more heads than the weights hold
+    elif damage == "a config the weights do not match":
+        meta["config"]["num_classes"] = 99  # more classes than the weights hold
+    elif damage == "a billion heads":
+        meta["components"] = 10**9
+    elif damage.startswith("crop size"):
+        meta["geometry"]["size"] = -48 if damage == "crop size -48" else 64
+    meta_path.write_text(json.dumps(meta))
     if damage == "malformed json":
         meta_path.write_text("{not json")
     elif damage == "json array":
         meta_path.write_text("[1, 2]")
+    elif damage == "an integer of 5000 digits":  # more than Python converts (a ValueError, not a JSONDecodeError)
+        meta_path.write_text('{"schema": ' + "9" * 5000 + "}")
+    elif damage == "arrays nested 100000 deep":  # past the parser's recursion limit
+        meta_path.write_text("[" * 100_000 + "]" * 100_000)
     elif damage == "no config":
         meta_path.write_text(json.dumps({key: value for key, value in meta.items() if key != "config"}))
-    elif damage == "unknown schema":
-        meta_path.write_text(json.dumps({**meta, "schema": "lipseg-tcnn/99"}))
-    elif damage == "unknown kind":
-        meta_path.write_text(json.dumps({**meta, "kind": "tripled"}))
+    elif damage == "header claims 2^62 bytes":
+        weights.write_bytes((2**62).to_bytes(8, "little") + weights.read_bytes()[8:])
     elif damage == "garbage weights":
         weights.write_bytes(b"\x00garbage" * 10)
     elif damage == "wrong tensor shape":
-        save_file({key: torch.zeros(3) for key in VanillaTCNN(TCNNConfig()).state_dict()}, str(weights))
+        save_file({key: torch.zeros(3) for key in load_file(str(weights))}, str(weights))
     elif damage == "missing weights":
         weights.unlink()
     return folder
 
 
+BROKEN = [  # (damage, what the error says), for both families
+    ("malformed json", f"{META_FILE}: not readable JSON"),
+    ("json array", f"{META_FILE}: expected a JSON object, found list"),
+    ("an integer of 5000 digits", f"{META_FILE}: not readable JSON"),
+    ("arrays nested 100000 deep", f"{META_FILE}: not readable JSON"),
+    ("no config", f"{META_FILE}: the 'config' entry is missing"),
+    ("unknown schema", "unknown model schema 'lipseg-tcnn/99'"),
+    ("header claims 2^62 bytes", f"{WEIGHTS_FILE}: not readable safetensors weights"),
+    ("garbage weights", f"{WEIGHTS_FILE}: not readable safetensors weights"),
+    ("wrong tensor shape", rf"{WEIGHTS_FILE}: the weights do not fit .* is \(3,\) float32 in the file, \(\d"),
+    ("a config the weights do not match", rf"{WEIGHTS_FILE}: the weights do not fit .* in the file, \(99, "),
+    ("crop size -48", rf"{META_FILE}: geometry.size must be a positive integer .*, got -48"),
+    ("crop size not the input size", rf"{META_FILE}: geometry.size 64 is not config.input_size (40|32)"),
+    ("missing weights", "model.safetensors is missing"),
+]
+TCNN_ONLY = [
+    ("unknown kind", "cannot build the model from its config"),
+    ("a billion heads", "components must be an integer from 1 to 1024, got 1000000000"),
+]
+
+
 @pytest.mark.parametrize(
-    ("damage", "message"),
+    ("family", "damage", "message"),
     [
-        ("malformed json", "not readable JSON"),
-        ("json array", "expected a JSON object, found list"),
-        ("no config", "the 'config' entry is missing"),
-        ("unknown schema", "unknown model schema 'lipseg-tcnn/99'"),
-        ("unknown kind", "cannot build the model from its config"),
-        ("garbage weights", "not readable safetensors weights"),
-        ("wrong tensor shape", "the weights do not fit the model"),
-        ("missing weights", "model.safetensors is missing"),
+        pytest.param(family, damage, message, id=f"{family}-{damage}")
+        for family, cases in [*((family, BROKEN) for family in LOADERS), ("tcnn", TCNN_ONLY)]
+        for damage, message in cases
     ],
 )
-def test_every_broken_folder_is_one_named_error(tmp_path: Path, damage: str, message: str) -> None:
-    folder = _broken(tmp_path, damage)
-    with pytest.raises(ModelFolderError, match=message):
-        load_tcnn(folder)
+def test_every_broken_folder_is_one_named_error(tmp_path: Path, family: str, damage: str, message: str) -> None:
+    folder = _broken(tmp_path, damage, family)
+    with pytest.raises(ModelFolderError, match=message) as raised:
+        LOADERS[family](folder)
+    assert str(folder) in str(raised.value)
+
+
+@pytest.mark.parametrize("family", LOADERS)
+@pytest.mark.parametrize("damage", [damage for damage, _ in BROKEN])
+@pytest.mark.parametrize("engine", ["onnx", "torch"])
+def test_predict_names_a_broken_folder_in_one_line(
+    tmp_path: Path,
+    face_photo: Path,
+    onnx_cache: Path,
+    capsys: pytest.CaptureFixture,
+    family: str,
+    damage: str,
+    engine: str,
+) -> None:
+    """--model or --segmenter: exit 2 and one `lipseg: error:` line, not a traceback half-way through
+    the photos (a bad crop size used to pass the loaders and stop the run at the first face). The ONNX
+    engine exports the folder first (its own cache: an export of the same weights would be reused)."""
+    broken = _broken(tmp_path, damage, family)
+    model = ["--model", str(broken)]
+    if family == "segmenter":
+        model = ["--model", str(_small_folder(tmp_path / "tcnn", "tcnn")), "--segmenter", str(broken)]
+    out = tmp_path / "out"
+    code = main(["predict", str(face_photo), "--out", str(out), *model, "--engine", engine, "--quiet"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and line.startswith(f"lipseg: error: {broken}")
+    assert not any(out.rglob("*.json"))  # stopped before the first photo
 
 
 def test_not_a_model_folder(tmp_path: Path) -> None:

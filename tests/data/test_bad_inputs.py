@@ -26,7 +26,14 @@ import numpy as np
 import pytest
 import yaml
 
-from lipseg.core.images import DEFAULT_MAX_PIXELS, IMAGE_EMPTY, ImageError, image_size, read_image
+from lipseg.core.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EMPTY,
+    PREDICT_MAX_PIXELS,
+    ImageError,
+    image_size,
+    read_image,
+)
 from lipseg.data.geometry import CropGeometry
 from lipseg.data.helen import Record, format_helen_annotation, load_split, unlisted_annotation_rejects
 from lipseg.data.photos import LIPS_OUTSIDE, read_record_images
@@ -39,9 +46,10 @@ CROPPED = "cropped"
 PROCESSED = "processed"
 TRUNCATED_JPEG = "truncated image: the JPEG ends before its end-of-image marker"
 TRUNCATED_PNG = "truncated image: the PNG ends before its IEND chunk"
-TOO_LARGE = (
-    f"image too large: {BOMB_SIDE} x {BOMB_SIDE} = {BOMB_SIDE**2} pixels, over the limit of {DEFAULT_MAX_PIXELS} "
+TOO_LARGE, TOO_LARGE_TO_PREDICT = (
+    f"image too large: {BOMB_SIDE} x {BOMB_SIDE} = {BOMB_SIDE**2} pixels, over the limit of {limit} "
     "(crop.max_pixels in params.yaml, lipseg predict --max-pixels)"
+    for limit in (DEFAULT_MAX_PIXELS, PREDICT_MAX_PIXELS)
 )
 NOT_AN_IMAGE = "image cannot be decoded: unrecognised format (expected JPEG, PNG, BMP, GIF, TIFF, WebP or PNM)"
 
@@ -60,6 +68,10 @@ def refused(what: str, message: str) -> Case:
     return Case(what, message, message, f"failed: {message}")
 
 
+def predict_only(what: str, outcome: str) -> Case:
+    return Case(what, pipeline="", predict=outcome)
+
+
 # Keys: images/<name> are photos (of a synthetic face, annotated with its own points unless said otherwise);
 # annotation/<name>.txt are annotation files of a good photo; <list>:<name> are lines of a name list.
 CORPUS: dict[str, Case] = {
@@ -73,8 +85,36 @@ CORPUS: dict[str, Case] = {
     "images/sixteen_bit.png": Case("16-bit PNG", "decoded: scaled to 8 bits", CROPPED, PROCESSED),
     "images/cmyk.jpg": Case("CMYK JPEG", "decoded: converted to BGR", CROPPED, PROCESSED),
     "images/one_pixel.png": Case("1x1 PNG", "decoded: 1 x 1", LIPS_OUTSIDE, 'processed: no face ("faces": [])'),
-    "images/bomb.png": refused(f"decompression bomb: PNG declaring {BOMB_SIDE} x {BOMB_SIDE}, 1-bit", TOO_LARGE),
+    "images/bomb.png": Case(
+        f"decompression bomb: PNG declaring {BOMB_SIDE} x {BOMB_SIDE}, 1-bit",
+        TOO_LARGE,
+        TOO_LARGE,
+        f"failed: {TOO_LARGE_TO_PREDICT}",
+    ),
     "images/not_an_image.jpg": refused("text file named .jpg", NOT_AN_IMAGE),
+    "images/exif_rotated.jpg": Case(
+        "JPEG stored a quarter turn left, EXIF orientation 6 (a viewer turns it upright)",
+        "decoded: the stored pixels (annotations are given in them)",
+        CROPPED,
+        'processed: turned upright first, the face found ("exif_orientation": 6 and a note in the JSON)',
+    ),
+    "images/multipage.tif": Case(
+        "TIFF of 2 pages (the face, then a blank page)",
+        "decoded: the first page",
+        CROPPED,
+        "processed: the first page, with a note in the JSON and the summary",
+    ),
+    "images/palette.gif": Case("GIF (256-colour palette)", "decoded: palette expanded to BGR", CROPPED, PROCESSED),
+    "images/netpbm.ppm": Case("binary PPM", "decoded", CROPPED, PROCESSED),
+    "predict:fifo.jpg": predict_only("a FIFO named .jpg in a folder", "failed: not a regular file (a FIFO)"),
+    "predict:dev_zero.png": predict_only(
+        "a symlink to /dev/zero named .png in a folder", "failed: not a regular file (a character device)"
+    ),
+    "predict:..jpg": predict_only("a photo named `..jpg`", "processed: written as `..jpg.json`, `..jpg.png`"),
+    "predict:new\\nline.jpg": predict_only(
+        "a truncated JPEG whose name holds a newline",
+        f"failed: {TRUNCATED_JPEG}, the name printed as `new\\nline.jpg` on one line",
+    ),
     "annotation/too_few.txt": Case("193 points", pipeline="bad annotation: expected 194 points, found 193"),
     "annotation/too_many.txt": Case("195 points", pipeline="bad annotation: expected 194 points, found 195"),
     "annotation/nan.txt": Case("a point 'nan , nan'", pipeline="bad annotation: line 2: non-finite value 'nan , nan'"),
@@ -104,6 +144,9 @@ CORPUS: dict[str, Case] = {
     ),
 }
 IMAGES = {key.split("/", 1)[1]: case for key, case in CORPUS.items() if key.startswith("images/")}
+# Files a folder of photos may hold but a dataset never does (the pipeline reads no folder listing).
+PREDICT_ONLY = {key.split(":", 1)[1]: case for key, case in CORPUS.items() if key.startswith("predict:")}
+PIPELINE_CASES = {key: case for key, case in CORPUS.items() if not key.startswith("predict:")}
 _NAMES = {
     "annotation/escape.txt": "../../x",
     "annotation/escape_unlisted.txt": "../../y",
@@ -152,6 +195,25 @@ def cmyk_jpeg(face: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def pillow_bytes(images: list[np.ndarray], format_name: str, **options) -> bytes:
+    """BGR images saved by Pillow: EXIF tags, several pages and palettes are beyond cv2.imencode."""
+    from PIL import Image
+
+    pictures = [Image.fromarray(np.ascontiguousarray(image[..., ::-1])) for image in images]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format_name, save_all=len(pictures) > 1, append_images=pictures[1:], **options)
+    return buffer.getvalue()
+
+
+def exif_orientation_6(image: np.ndarray) -> bytes:
+    """`image` stored a quarter turn left, with the EXIF tag that tells a viewer to turn it back."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return pillow_bytes([cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)], "JPEG", quality=95, exif=exif)
+
+
 def image_corpus(face: np.ndarray, bomb: bytes) -> dict[str, tuple[bytes, np.ndarray | None, float]]:
     """IMAGES file name -> (bytes, the BGR image read_image should give or None, allowed mean abs error)."""
     gray = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
@@ -172,7 +234,20 @@ def image_corpus(face: np.ndarray, bomb: bytes) -> dict[str, tuple[bytes, np.nda
         "one_pixel.png": (encoded(".png", face[:1, :1]), face[:1, :1], 0.0),
         "bomb.png": (bomb, None, 0.0),
         "not_an_image.jpg": (b"this is a text file, not a photo\n", None, 0.0),
+        "exif_rotated.jpg": (exif_orientation_6(face), cv2.rotate(face, cv2.ROTATE_90_COUNTERCLOCKWISE), 4.0),
+        "multipage.tif": (pillow_bytes([face, np.zeros_like(face)], "TIFF"), face, 0.0),
+        "palette.gif": (pillow_bytes([face], "GIF"), face, 6.0),
+        "netpbm.ppm": (encoded(".ppm", face), face, 0.0),
     }
+
+
+def write_predict_only(folder: Path, face: np.ndarray) -> None:
+    """PREDICT_ONLY's files in `folder`. Each key is the name as lipseg prints it: the newline escaped."""
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "dev_zero.png").symlink_to("/dev/zero")
+    (folder / "..jpg").write_bytes(encoded(".jpg", face))
+    jpeg = encoded(".jpg", face)
+    (folder / "new\nline.jpg").write_bytes(jpeg[: len(jpeg) // 2])
 
 
 def write_images(folder: Path, face: np.ndarray, bomb: bytes) -> dict[str, tuple[np.ndarray | None, float]]:
@@ -230,7 +305,9 @@ def write_bad_dataset(root: Path, synthetic_dir: Path, bomb: bytes) -> dict[str,
     annotate("no_image", record)
     outcomes = {name: CROPPED for name in plain}
     outcomes |= {
-        record_name(key): case.pipeline for key, case in CORPUS.items() if key != "trainnames.txt:plain_0 (twice)"
+        record_name(key): case.pipeline
+        for key, case in PIPELINE_CASES.items()
+        if key != "trainnames.txt:plain_0 (twice)"
     }
     del outcomes["../../y"]
     # Test keeps two good faces and one refused photo; everything else is train.
@@ -474,7 +551,7 @@ def test_load_split_gives_each_annotation_and_list_case_its_reason(
     records, rejects = load_split(root, "train")
     kept = [record.name for record in records]
     found = {reject.name: reject.reason for reject in rejects}
-    for key, case in CORPUS.items():
+    for key, case in PIPELINE_CASES.items():
         name = record_name(key)
         if name in ("truncated_jpeg", "../../y"):
             continue  # listed in test / in no list
@@ -620,6 +697,7 @@ def test_predict_names_each_bad_file_and_still_processes_the_rest(
     folder = tmp_path / "photos"
     big_face = cv2.resize(face, (320, 320), interpolation=cv2.INTER_CUBIC)  # dlib's HOG finds faces this size
     write_images(folder, big_face, bomb)
+    write_predict_only(folder, big_face)
     for index, record in enumerate(load_split(synthetic_dir, "test")[0][:2]):
         cv2.imwrite(str(folder / f"good_{index}.jpg"), cv2.resize(cv2.imread(str(record.image_path)), (320, 320)))
     out = tmp_path / "out"
@@ -628,22 +706,33 @@ def test_predict_names_each_bad_file_and_still_processes_the_rest(
     )
     assert code == 1
     stderr = capsys.readouterr().err
-    failed = {name: case for name, case in IMAGES.items() if case.predict.startswith("failed: ")}
+    assert all(line.startswith("lipseg: ") for line in stderr.splitlines()), stderr  # no line forged by a name
+    cases = {**IMAGES, **PREDICT_ONLY}
+    failed = {name: case for name, case in cases.items() if case.predict.startswith("failed: ")}
     for name, case in failed.items():
-        message = case.predict.removeprefix("failed: ")
+        message = case.predict.removeprefix("failed: ").split(", the name printed")[0]
         assert f"lipseg: error: {folder / name}: {message}\n" in stderr, name  # as it happens
         assert f"lipseg: failed: {folder / name}: {message}\n" in stderr, name  # and in the summary
         assert not (out / f"{Path(name).stem}.json").exists()
-    processed = [name for name, case in IMAGES.items() if case.predict.startswith(PROCESSED)] + [
+    processed = [name for name, case in cases.items() if case.predict.startswith(PROCESSED)] + [
         "good_0.jpg",
         "good_1.jpg",
     ]
     assert f"lipseg: {len(processed)} images," in stderr and f"{len(failed)} failed" in stderr
     for name in processed:
-        payload = json.loads((out / f"{Path(name).stem}.json").read_text())
-        assert (out / f"{Path(name).stem}.png").is_file()
-        if "no face" in IMAGES.get(name, Case("")).predict:
+        stem = name if name == "..jpg" else Path(name).stem
+        payload = json.loads((out / f"{stem}.json").read_text())
+        assert (out / f"{stem}.png").is_file()
+        if "no face" in cases.get(name, Case("")).predict:
             assert payload["faces"] == [] and payload["image_size"] == [1, 1]
+    rotated = json.loads((out / "exif_rotated.json").read_text())
+    assert rotated["exif_orientation"] == 6 and len(rotated["faces"]) == 1  # stored sideways, HOG finds none
+    assert rotated["notes"] == ["EXIF orientation 6: turned as a viewer shows it"]
+    assert json.loads((out / "multipage.json").read_text())["notes"] == [
+        "TIFF with 2 pages or frames: only the first is read"
+    ]
+    assert f"lipseg: note: {folder / 'multipage.tif'}: TIFF with 2 pages or frames: only the first is read\n" in stderr
+    assert json.loads((out / "good_0.json").read_text())["notes"] == []
 
 
 def test_predict_max_pixels_flag(
@@ -761,6 +850,8 @@ def test_special_and_oversized_files_are_refused_unread(tmp_path: Path) -> None:
 
 
 def outcome_text(case: Case) -> str:
+    if not case.read and not case.pipeline:
+        return f"predict: {case.predict}"
     if case.read and case.read == case.pipeline and case.predict == f"failed: {case.read}":
         return f"refused everywhere: `{case.read}`"
     if not case.read:

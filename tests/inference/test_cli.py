@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from lipseg.data.helen import load_split
 from lipseg.inference.cli import main
-from lipseg.inference.outputs import OutsideOutError, collect_inputs, safe_output
+from lipseg.inference.outputs import OutsideOutError, collect_inputs, predict_image_file, safe_output
 
 
 @pytest.fixture
@@ -336,3 +337,211 @@ def test_worker_processes_write_what_one_process_writes(
         elif name.suffix == ".json":
             single, pooled = (json.loads((outputs[jobs] / name).read_text()) for jobs in (1, 2))
             assert [face["lips"] for face in single["faces"]] == [face["lips"] for face in pooled["faces"]]
+
+
+# ------------------------------------------------------------------------------- hostile options and outputs
+
+
+def predict_args(paths: list[Path], out: Path, model: Path, *extra: str) -> list[str]:
+    return ["predict", *map(str, paths), "--out", str(out), "--model", str(model), "--quiet", *extra]
+
+
+def test_an_out_folder_that_is_an_input_folder_is_refused_before_anything_is_written(
+    photo_folder: Path, tiny_model_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    shutil.copy(next(photo_folder.glob("*.jpg")), photo_folder / "photo.png")  # its mask would be photo.png
+    before = {path: path.read_bytes() for path in photo_folder.rglob("*") if path.is_file()}
+    assert main(predict_args([photo_folder], photo_folder, tiny_model_folder)) == 2
+    assert "is the input folder" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in photo_folder.rglob("*") if path.is_file()} == before
+
+
+def test_an_output_that_would_overwrite_an_input_file_is_refused(
+    tmp_path: Path, photo_folder: Path, tiny_model_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    photo = out / "photo.png"
+    photo.write_bytes((photo_folder / "blank.png").read_bytes())
+    assert main(predict_args([photo], out, tiny_model_folder)) == 2
+    assert f"would overwrite the input {photo}" in capsys.readouterr().err
+    assert photo.read_bytes() == (photo_folder / "blank.png").read_bytes() and sorted(out.iterdir()) == [photo]
+
+
+def test_an_out_folder_inside_an_input_folder_is_not_searched(
+    photo_folder: Path, tiny_model_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = photo_folder / "out"
+    for _ in range(2):
+        assert main(predict_args([photo_folder], out, tiny_model_folder, "--jobs", "1")) == 1  # broken.jpg
+        assert "lipseg: 4 images," in capsys.readouterr().err  # the rerun does not take its outputs for photos
+    assert not (out / "out").exists() and not list(out.rglob("*_overlay_overlay.jpg"))
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--out", ""], "argument --out: must name a folder, got an empty string"),
+        (["--out", "FILE"], "argument --out: FILE exists and is not a folder"),
+        (["--redetect-every", "0"], "argument --redetect-every: must be >= 1, got 0"),
+        (["--cascade-passes", "1"], "argument --cascade-passes: must be >= 2 and <= 10, got 1"),
+        (["--threads", "-1"], "argument --threads: must be >= 0 and <= 1024, got -1"),
+        (["--upsample", "-1"], "argument --upsample: must be >= 0 and <= 3, got -1"),
+        (["--upsample", "9"], "argument --upsample: must be >= 0 and <= 3, got 9"),
+        (["--jobs", "two"], "argument --jobs: must be an integer, got 'two'"),
+        (["--max-pixels", "0"], "argument --max-pixels: must be >= 1, got 0"),
+        (["--smooth-min-cutoff", "0"], "argument --smooth-min-cutoff: must be > 0, got 0"),
+        (["--smooth-beta", "nan"], "argument --smooth-beta: must be >= 0, got nan"),
+    ],
+)
+def test_option_values_are_checked_by_the_parser(
+    tmp_path: Path, option: list[str], message: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("FILE").write_text("a file where the output folder should go")
+    Path("photo.jpg").write_bytes(b"never read: the parser refuses first")
+    arguments = ["predict", "photo.jpg", "--out", "out", "--model", "no/such/model", *option]
+    with pytest.raises(SystemExit) as caught:
+        main(arguments)
+    assert caught.value.code == 2
+    assert f"lipseg predict: error: {message}\n" in capsys.readouterr().err
+    assert not Path("out").exists()
+
+
+def test_ctrl_c_prints_what_was_done_and_exits_130(
+    photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import lipseg.inference.cli as cli
+
+    done = []
+
+    def interrupted_after_two(item, *args, **kwargs):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(item.path)
+        return predict_image_file(item, *args, **kwargs)
+
+    monkeypatch.setattr(cli, "predict_image_file", interrupted_after_two)
+    out = tmp_path / "out"
+    assert main(predict_args([photo_folder], out, tiny_model_folder, "--jobs", "1")) == 130
+    stderr = capsys.readouterr().err
+    summary = re.search(r"lipseg: interrupted; done before that: (\d+) images, .* (\d+) failed;", stderr)
+    assert summary and "Traceback" not in stderr
+    images, failed = map(int, summary.groups())
+    assert images + failed == 2 and len(list(out.rglob("*.json"))) == images and not list(out.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_worker_processes_with_a_summary(
+    tmp_path: Path, photo_folder: Path, tiny_model_folder: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for index in range(400):
+        shutil.copy(photo_folder / "blank.png", many / f"blank_{index:03d}.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lipseg.inference.cli", *predict_args([many], out, tiny_model_folder)]
+    process = subprocess.Popen([*command, "--jobs", "2"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.json"))) < 8 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "lipseg: interrupted; done before that:" in stderr and "Traceback" not in stderr
+    written = len(list(out.glob("*.json")))
+    assert 8 <= written < 400 and not list(out.glob(".*.tmp"))
+
+
+def test_outputs_follow_the_umask(tmp_path: Path, photo_folder: Path, tiny_model_folder: Path) -> None:
+    import os
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        out = tmp_path / "out"
+        assert main(predict_args([photo_folder / "blank.png"], out, tiny_model_folder, "--jobs", "1")) == 0
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
+    assert modes == {"blank.json": 0o640, "blank.png": 0o640, "blank_overlay.jpg": 0o640}
+
+
+def test_exif_orientation_is_honoured(
+    tmp_path: Path, photo_folder: Path, tiny_model_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    upright = next(photo_folder.glob("*.jpg"))
+    pixels = cv2.imread(str(upright))
+    folder = tmp_path / "turned"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "upright.png"), pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored a quarter turn right: a viewer turns it back left
+    sideways = Image.fromarray(cv2.rotate(pixels, cv2.ROTATE_90_CLOCKWISE)[..., ::-1])
+    sideways.save(folder / "sideways.png", exif=exif)
+    out = tmp_path / "out"
+    assert main(predict_args([folder], out, tiny_model_folder, "--jobs", "1")) == 0
+    turned, plain = (json.loads((out / f"{name}.json").read_text()) for name in ("sideways", "upright"))
+    assert turned["exif_orientation"] == 8 and plain["exif_orientation"] == 1
+    assert turned["image_size"] == plain["image_size"] and len(turned["faces"]) == len(plain["faces"]) >= 1
+    assert np.allclose(turned["faces"][0]["lips"], plain["faces"][0]["lips"], atol=1e-3)
+    assert "sideways.png: EXIF orientation 8: turned as a viewer shows it" in capsys.readouterr().err
+
+
+def test_folders_name_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    for name in ("still.gif", "frame.ppm", "scan.pgm", "..jpg"):
+        (folder / name).write_bytes(b"read later")
+    os.mkfifo(tmp_path / "direct.png")
+    found, problems = collect_inputs([str(folder), str(tmp_path / "direct.png")])
+    assert sorted((item.path.name, str(item.out_stem)) for item in found) == [
+        ("..jpg", "..jpg"),
+        ("frame.ppm", "frame"),
+        ("scan.pgm", "scan"),
+        ("still.gif", "still"),
+    ]
+    assert sorted((Path(name).name, reason) for name, reason in problems) == [
+        ("direct.png", "not a regular file (a FIFO)"),
+        ("gone.jpg", "a broken symbolic link"),
+        ("pipe.jpg", "not a regular file (a FIFO)"),
+        ("zero.png", "not a regular file (a character device)"),
+    ]
+
+
+def test_printable_escapes_what_would_forge_a_log_line() -> None:
+    from lipseg.inference.outputs import printable
+
+    assert printable("a\nlipseg: 0 failed\r\t\x1b[2J.jpg") == "a\\nlipseg: 0 failed\\r\\t\\x1b[2J.jpg"
+    assert printable(Path(b"caf\xe9.jpg".decode("utf-8", "surrogateescape"))) == "caf\\udce9.jpg"
+
+
+def test_upsampling_stops_at_the_pixel_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lipseg.inference.detect import FaceDetector
+
+    levels = []
+
+    class RecordingHog:
+        def __init__(self, hog) -> None:
+            self.hog = hog
+
+        def run(self, rgb: np.ndarray, level: int, threshold: float):
+            levels.append(level)
+            return self.hog.run(rgb, level, threshold)
+
+    detector = FaceDetector("hog", upsample=3, max_pixels=100 * 100 * 16)
+    monkeypatch.setattr(detector, "_hog", RecordingHog(detector._hog))
+    assert detector(np.full((100, 100, 3), 127, np.uint8)) == []
+    assert levels == [0, 1, 2]  # a third step would make 64 x the pixels, over the limit

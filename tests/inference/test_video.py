@@ -9,7 +9,7 @@ import pytest
 
 from lipseg.data.helen import load_split
 from lipseg.inference.cli import main
-from lipseg.inference.video import OneEuroFilter
+from lipseg.inference.video import OneEuroFilter, VideoTracker
 
 
 def test_one_euro_filter_removes_jitter_but_follows_motion() -> None:
@@ -76,3 +76,119 @@ def test_unreadable_video_is_a_named_failure(
         main(["predict", str(broken), "--out", str(tmp_path / "o"), "--model", str(tiny_model_folder), "--quiet"]) == 1
     )
     assert "broken.mp4" in capsys.readouterr().err
+
+
+def mjpg_video(path: Path, width: int, height: int, frames: int = 3) -> Path:
+    """An MJPG AVI: OpenCV writes any frame size in it, including ones mp4v cannot encode."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (width, height))
+    assert writer.isOpened()
+    for _ in range(frames):
+        writer.write(np.full((height, width, 3), 90, np.uint8))
+    writer.release()
+    return path
+
+
+def video_args(video: Path, out: Path, model: Path, *extra: str) -> list[str]:
+    return ["predict", str(video), "--out", str(out), "--model", str(model), "--quiet", *extra]
+
+
+def test_an_interrupted_video_leaves_no_output_under_its_final_names(
+    face_video: Path, tmp_path: Path, tiny_model_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = VideoTracker.step
+
+    def interrupted_at_frame_12(self, frame, index, dt):
+        if index == 12:
+            raise KeyboardInterrupt
+        return step(self, frame, index, dt)
+
+    monkeypatch.setattr(VideoTracker, "step", interrupted_at_frame_12)
+    out = tmp_path / "out"
+    assert main(video_args(face_video, out, tiny_model_folder)) == 130
+    assert sorted(out.iterdir()) == []  # no 12-line .jsonl, no 12-frame .mp4, no temporary files
+
+
+def test_non_finite_landmarks_fail_the_video_and_leave_nothing(
+    face_video: Path, tmp_path: Path, tiny_model_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    step = VideoTracker.step
+
+    def nan_at_frame_5(self, frame, index, dt):
+        result, tracks, detected = step(self, frame, index, dt)
+        if index == 5:
+            result.faces[0].lips[:] = np.nan
+        return result, tracks, detected
+
+    monkeypatch.setattr(VideoTracker, "step", nan_at_frame_5)
+    out = tmp_path / "out"
+    assert main(video_args(face_video, out, tiny_model_folder)) == 1
+    assert "clip.mp4: frame 5: the landmarks are not finite numbers" in capsys.readouterr().err
+    assert sorted(out.iterdir()) == []
+
+
+def test_a_video_over_the_pixel_limit_is_refused_before_a_frame_is_decoded(
+    tmp_path: Path, tiny_model_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import lipseg.inference.video as video
+
+    def no_decoding(path):
+        raise AssertionError("a frame was decoded")
+
+    monkeypatch.setattr(video, "read_frames", no_decoding)
+    large = mjpg_video(tmp_path / "large.avi", 1200, 1000, frames=1)
+    out = tmp_path / "out"
+    assert main(video_args(large, out, tiny_model_folder, "--max-pixels", "1000000")) == 1
+    assert "video frames of 1200 x 1000 = 1200000 pixels, over the limit of 1000000" in capsys.readouterr().err
+    assert sorted(out.iterdir()) == []
+
+
+def test_a_frame_size_the_writer_cannot_encode_fails_that_video(
+    tmp_path: Path, tiny_model_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    wide = mjpg_video(tmp_path / "wide9000.avi", 9000, 400, frames=2)
+    out = tmp_path / "out"
+    assert main(video_args(wide, out, tiny_model_folder)) == 1
+    stderr = capsys.readouterr().err
+    assert "wide9000.avi: the mp4v video writer cannot encode 9000 x 400 frames" in stderr
+    assert "-> wide9000_annotated.mp4" not in stderr and sorted(out.iterdir()) == []
+
+
+def test_video_outputs_follow_the_umask(face_video: Path, tmp_path: Path, tiny_model_folder: Path) -> None:
+    import os
+    import stat
+
+    previous = os.umask(0o007)
+    try:
+        assert main(video_args(face_video, tmp_path / "out", tiny_model_folder, "--redetect-every", "30")) == 0
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "out").iterdir()}
+    assert modes == {"clip.jsonl": 0o660, "clip_annotated.mp4": 0o660}
+
+
+def test_container_frame_rates_that_would_break_the_smoothing_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import math
+
+    import lipseg.inference.video as video
+
+    class Capture:
+        """A container that claims `fps`; 64 x 64 frames, frame count unknown (-1)."""
+
+        fps = 0.0
+
+        def __init__(self, path: str) -> None:
+            pass
+
+        def isOpened(self) -> bool:
+            return True
+
+        def get(self, prop: int) -> float:
+            return {cv2.CAP_PROP_FPS: Capture.fps, cv2.CAP_PROP_FRAME_COUNT: -1.0}.get(prop, 64.0)
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(video.cv2, "VideoCapture", Capture)
+    for claimed, used in ((0.0, 25.0), (math.nan, 25.0), (math.inf, 25.0), (1e9, 25.0), (29.97, 29.97)):
+        Capture.fps = claimed
+        assert video.video_info(Path("x.mp4")) == (used, 0, 64, 64)

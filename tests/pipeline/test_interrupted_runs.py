@@ -201,3 +201,30 @@ def test_outputs_round_trip_through_a_local_dvc_remote(
     assert {name: digest(clone / name) for name in MODEL_FILES} == weights
     assert run_checked([*DVC, "status", "evaluate"], clone, env).strip().endswith("Data and pipelines are up to date.")
     assert dvc_repro(clone, env, ("evaluate",))[0] == []  # nothing to rerun: the pulled outputs are the pipeline's
+
+
+@pytest.mark.slow  # ~10 s: the stage's imports and an MLflow store
+def test_a_stage_failing_after_its_fit_leaves_its_previous_outputs(tmp_path: Path, mlflow_store: str) -> None:
+    """fit_gmm fits its mixture, then dies (the training crops for its montages are gone): the previous
+    models/gmm and BIC table stay byte for byte, because every output is swapped in only after all the work."""
+    import runpy
+
+    import yaml
+
+    from lipseg.core import paths
+    from lipseg.core.files import write_npz_atomic
+
+    gmm = yaml.safe_load((ROOT / "params.yaml").read_text())["gmm"] | {"k": 2, "n_init": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"gmm": gmm}))
+    features = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    names = np.array([f"face_{index}" for index in range(40)])
+    write_npz_atomic(paths.FEATURES, fc5=features, names=names, copy_index=np.zeros(40, np.int64))
+    previous = {paths.GMM: b"the previous mixture", paths.REPORTS / "fit_gmm_bic.csv": b"k,bic,aic\n2,1.0,1.0\n"}
+    for path, data in previous.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    with pytest.raises(FileNotFoundError, match="train.npz"):
+        runpy.run_path(str(ROOT / "stages" / "fit_gmm.py"), run_name="__main__")
+    assert {path: path.read_bytes() for path in previous} == previous
+    assert [path.name for path in Path("models").iterdir()] == ["gmm"]  # no staging folder left behind
+    assert not (paths.REPORTS / "fit_gmm").exists()

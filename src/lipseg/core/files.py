@@ -20,10 +20,29 @@ from typing import Any
 import numpy as np
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, which
+    would race with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file: mkstemp's 0600 would hide outputs from
+    the user's group where their umask shares them."""
+    return 0o666 & ~umask()
+
+
 def _replace_from_temp(path: Path, write: Any, suffix: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
         os.replace(tmp_name, path)
@@ -73,12 +92,37 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would outlive the rename
         yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def staged_files(*paths: Path) -> Iterator[list[Path]]:
+    """Temporary siblings of `paths` (same suffix, so writers that pick a container by it still do) for a
+    writer that cannot hand over its bytes, such as a video encoder. When the block succeeds they are
+    renamed into place together; when it fails or is interrupted they are removed, so a final name only
+    ever holds a complete file."""
+    staged = []
+    try:
+        for path in map(Path, paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+            os.close(fd)
+            staged.append(Path(name))
+        yield staged
+        for tmp, path in zip(staged, paths):
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
 
 

@@ -17,6 +17,9 @@ from typing import BinaryIO
 import numpy as np
 
 DEFAULT_MAX_PIXELS = 100_000_000  # a large camera photo is 50 MP; a decompression bomb declares gigapixels
+# `lipseg predict` on a laptop: detection peaks near 16 bytes a pixel (dlib's RGB copy and HOG pyramid on top
+# of the decoded photo), so 50 MP, the largest camera photos, stays near 1 GB; upsampling is bounded by it too.
+PREDICT_MAX_PIXELS = 50_000_000
 PIXEL_LIMIT_SETTINGS = "crop.max_pixels in params.yaml, lipseg predict --max-pixels"
 
 # The kinds of ImageError: each is the start of the message, so rejects can be counted by kind.
@@ -26,6 +29,9 @@ IMAGE_TOO_LARGE = "image too large"
 IMAGE_TRUNCATED = "truncated image"
 IMAGE_UNDECODABLE = "image cannot be decoded"
 SUPPORTED_FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP or PNM"
+# The file name suffixes of those formats: what a folder search or a dataset lookup takes for an image.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES += (".ppm", ".pgm", ".pbm", ".pnm", ".pam")
 
 
 class ImageError(ValueError):
@@ -300,3 +306,59 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, flags: int | No
             f"but the data decodes to {image.shape[1]} x {image.shape[0]}",
         )
     return image
+
+
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    """What the pixels alone do not say: how a viewer turns the photo, and how many pages it holds."""
+
+    orientation: int = 1  # EXIF orientation, 1 (as stored) to 8
+    pages: int = 1  # TIFF pages or GIF frames; read_image decodes the first
+    format: str = "image"
+
+    def notes(self) -> list[str]:
+        """What a user should know about how the file was read, one sentence each (none for most photos)."""
+        notes = []
+        if self.orientation != 1:
+            notes.append(f"EXIF orientation {self.orientation}: turned as a viewer shows it")
+        if self.pages > 1:
+            notes.append(f"{self.format} with {self.pages} pages or frames: only the first is read")
+        return notes
+
+
+def image_metadata(path: Path) -> ImageMetadata:
+    """EXIF orientation and page count of an image file that read_image accepted, from its metadata only
+    (Pillow opens files lazily); a file whose metadata cannot be parsed is taken as plain."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own pixel-limit warning: read_image applied ours
+            with Image.open(path) as image:
+                orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
+                pages = int(getattr(image, "n_frames", 1))
+                format_name = image.format or "image"
+    except Exception:  # metadata is optional: a file Pillow cannot parse is taken as plain
+        return ImageMetadata()
+    return ImageMetadata(orientation if 1 <= orientation <= 8 else 1, max(pages, 1), format_name)
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """`image` (as stored) turned the way EXIF `orientation` tells a viewer to show it."""
+    import cv2
+
+    turns = {
+        2: lambda im: cv2.flip(im, 1),
+        3: lambda im: cv2.rotate(im, cv2.ROTATE_180),
+        4: lambda im: cv2.flip(im, 0),
+        5: cv2.transpose,
+        6: lambda im: cv2.rotate(im, cv2.ROTATE_90_CLOCKWISE),
+        7: lambda im: cv2.flip(cv2.transpose(im), -1),
+        8: lambda im: cv2.rotate(im, cv2.ROTATE_90_COUNTERCLOCKWISE),
+    }
+    return turns[orientation](image) if orientation in turns else image

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -86,21 +87,45 @@ def load_model_folder(folder: Path, expected: type[SavableModel]) -> tuple[Any, 
     if not weights.is_file():
         raise ModelFolderError(f"{folder}: {WEIGHTS_FILE} is missing")
     try:
-        model = expected.from_folder_meta(meta)
+        # On the meta device a module allocates nothing: a config asking for huge layers costs no memory.
+        # Its tensors are made (to_empty) only once the weights proved to have their shapes.
+        with torch.device("meta"):
+            model = expected.from_folder_meta(meta)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFolderError(f"{folder / META_FILE}: cannot build the model from its config ({error!r})") from None
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFolderError(f"{weights}: not readable safetensors weights ({error})") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        summary = str(error).splitlines()[0] if str(error) else repr(error)
-        raise ModelFolderError(
-            f"{weights}: the weights do not fit the model its metadata describes ({summary})"
-        ) from None
+    if (misfit := _misfit(model.state_dict(), state)) is not None:
+        raise ModelFolderError(f"{weights}: the weights do not fit the model its metadata describes ({misfit})")
+    model.to_empty(device="cpu").load_state_dict(state)
     return model.eval(), meta
+
+
+def _misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], shown: int = 3) -> str | None:
+    """The tensors missing from the weights, not in the model, or of another shape or dtype; None when
+    they fit (a few of each named, with how many more)."""
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+    def spec(tensor: torch.Tensor) -> str:
+        return f"{tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"
+
+    problems = []
+    if missing := [name for name in expected if name not in found]:
+        problems.append(f"{some(missing)} missing from the file")
+    if unexpected := [name for name in found if name not in expected]:
+        problems.append(f"{some(unexpected)} not in the model")
+    differ = [
+        f"{name} is {spec(found[name])} in the file, {spec(tensor)} in the model"
+        for name, tensor in expected.items()
+        if name in found and (found[name].shape != tensor.shape or found[name].dtype != tensor.dtype)
+    ]
+    if differ:
+        problems.append(some(differ))
+    return "; ".join(problems) or None
 
 
 def parameter_count(module: nn.Module) -> int:

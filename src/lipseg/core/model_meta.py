@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ LEGACY_SCHEMAS = {"lipseg-tcnn/1": "tcnn", "lipseg-segmenter/1": "segmenter"}
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "lipseg_model.json"
 LEGACY_META_FILES = ("lipseg_segmenter.json",)
+GEOMETRY_KEYS = ("size", "margin")  # lipseg.data.geometry.CropGeometry's fields
 
 
 class ModelFolderError(RuntimeError):
@@ -31,7 +33,9 @@ def read_model_meta(folder: Path) -> dict[str, Any]:
         raise ModelFolderError(f"{folder} is not a lipseg model folder ({reason})")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    # ValueError: besides bad JSON and bad UTF-8, an integer of more digits than Python converts;
+    # RecursionError: arrays nested deeper than the parser recurses.
+    except (OSError, ValueError, RecursionError) as error:
         raise ModelFolderError(f"{meta_path}: not readable JSON ({error})") from None
     if not isinstance(meta, dict):
         raise ModelFolderError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}")
@@ -46,4 +50,22 @@ def read_model_meta(folder: Path) -> dict[str, Any]:
     for key in ("config", "geometry"):
         if not isinstance(meta.get(key), dict):
             raise ModelFolderError(f"{meta_path}: the {key!r} entry is missing or not an object")
+    if (problem := _geometry_problem(meta["geometry"], meta["config"].get("input_size"))) is not None:
+        raise ModelFolderError(f"{meta_path}: {problem}")
     return meta
+
+
+def _geometry_problem(geometry: dict[str, Any], input_size: Any) -> str | None:
+    """What is wrong with a folder's crop geometry, or None. Checked here, where every loader and both engines
+    pass: a bad size is no error until a face is cropped, and then it stops the whole run (or the network
+    quietly sees crops of a size it was never trained on)."""
+    if sorted(geometry) != sorted(GEOMETRY_KEYS):
+        return f"the 'geometry' entry has {sorted(geometry)}, expected {list(GEOMETRY_KEYS)}"
+    size, margin = geometry["size"], geometry["margin"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return f"geometry.size must be a positive integer (the crop side in pixels), got {size!r}"
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0.0 <= margin < math.inf:
+        return f"geometry.margin must be a finite number >= 0, got {margin!r}"
+    if input_size is not None and size != input_size:
+        return f"geometry.size {size} is not config.input_size {input_size!r}, the crop side the network takes"
+    return None

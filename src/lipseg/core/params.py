@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -22,6 +23,16 @@ PARAMS_FILE = Path("params.yaml")
 
 class ParamsError(ValueError):
     """params.yaml lacks a section or key a stage needs, or holds one it cannot use; the message names it."""
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """A stage script's entry point: a params.yaml problem is one line naming the key and exit status 2,
+    not a traceback (other errors keep theirs: they are bugs or data problems worth the stack)."""
+    try:
+        main()
+    except ParamsError as error:
+        print(f"{Path(sys.argv[0]).stem}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def load_params(section: str, path: Path = PARAMS_FILE) -> dict[str, Any]:
@@ -56,6 +67,11 @@ def param(
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def seed_param(default: int = 0) -> Any:
+    """A random seed: what Python, NumPy (`np.random.seed`: 0 to 2**32 - 1) and torch all accept."""
+    return param(default, low=0, high=2**32 - 1)
 
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

@@ -100,8 +100,8 @@ class Jitter(Section):
     uniform draws, a floor on a measured `LocatorSpread`), rotation, brightness/contrast and mirroring."""
 
     copies: int = param(4, low=0)  # jittered copies per face, on top of the plain crop
-    shift: float = param(0.05, low=0)
-    scale: float = param(0.10, low=0)
+    shift: float = param(0.05, low=0, high=0.5)  # at 0.5 the mouth's centre reaches the crop's edge
+    scale: float = param(0.10, low=0, high=1)  # log scale: 1 is e = 2.7 times larger or smaller
     rotate_deg: float = param(10.0, low=0, high=180)
     brightness: float = param(0.2, low=0, high=1)
     flip: bool = True

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lipseg.core.images import IMAGE_EMPTY
+from lipseg.core.images import IMAGE_EMPTY, IMAGE_SUFFIXES
 from lipseg.data.landmarks import HELEN_NUM_POINTS
 from lipseg.data.rejects import DatasetError, Reject
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG", ".BMP")
+IMAGE_EXTENSIONS = tuple(case for suffix in IMAGE_SUFFIXES for case in (suffix, suffix.upper()))
 SPLITS = ("train", "test")
 MAX_ANNOTATION_BYTES = 1 << 20  # 194 points take ~4 KB; anything this big is not an annotation
 

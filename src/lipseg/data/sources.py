@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lipseg.core.params import Section, param
+from lipseg.core.params import Section, param, seed_param
 from lipseg.data.rejects import DatasetError
 
 HELEN_ITEMS = ("images", "annotation", "trainnames.txt", "testnames.txt")
@@ -25,7 +25,7 @@ class DataParams(Section):
     """The `data` params section: which dataset the `download` stage materialises."""
 
     source: Literal["synthetic", "helen", "url"] = "synthetic"
-    seed: int = 0
+    seed: int = seed_param()
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     helen_path: str = "../shared/data/helen_sample"  # source: helen
     urls: list[dict[str, str]] = param([])  # source: url; items {url, sha256[, filename]}

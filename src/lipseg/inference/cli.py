@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lipseg.core.images import DEFAULT_MAX_PIXELS
+from lipseg.core.images import PREDICT_MAX_PIXELS
 from lipseg.inference.models import ModelNotFoundError, resolve_model, segmenter_folder, training_data_warning
 from lipseg.inference.outputs import (
+    OutputClashError,
     Summary,
+    check_outputs_clear,
     collect_inputs,
     mask_source_name,
     predict_image_file,
     predict_video_file,
+    printable,
 )
 
 
@@ -37,6 +41,7 @@ def load_models(args: argparse.Namespace, threads: int):
         max(threads, 1),
         flip_average=args.flip_tta,
         cascade_passes=args.cascade_passes,
+        max_pixels=args.max_pixels,
     )
     segmenter = None
     if (folder := segmenter_folder(args.mask_source, args.segmenter, model)) is not None:
@@ -62,6 +67,11 @@ _WORKER: dict = {}  # a pool worker's own models, loaded once by _start_worker
 
 
 def _start_worker(args: argparse.Namespace) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent stops the run and prints what was done; a worker
+    # only finishes its current photos (their outputs are atomic) instead of printing a traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.engine == "torch":  # one process per core: more threads would only contend
         from lipseg.core.runtime import set_threads
 
@@ -86,22 +96,33 @@ def _predict_in_worker(items: list) -> Summary:
 
 def run_predict(args: argparse.Namespace) -> int:
     from lipseg.core.model_meta import ModelFolderError
+    from lipseg.core.onnx_runtime import OnnxError
 
     if args.engine == "torch":  # onnxruntime takes its threads per session; torch is not loaded at all
         from lipseg.core.runtime import set_threads
 
         set_threads(args.threads)
-    inputs, problems = collect_inputs(args.paths)
-    summary = Summary(failed=list(problems))
+    out_dir = Path(args.out)
+    inputs, problems = collect_inputs(args.paths, out_dir)
     if not inputs and not problems:
         raise CliError("no images or videos found in the given paths")
+    try:
+        check_outputs_clear(inputs, args.paths, out_dir)
+    except OutputClashError as error:
+        raise CliError(str(error)) from error
+    summary = Summary(failed=list(problems))
+    for name, reason in problems:
+        print(f"lipseg: error: {printable(name)}: {reason}", file=sys.stderr)
     images = [item for item in inputs if item.kind == "image"]
     videos = [item for item in inputs if item.kind == "video"]
     jobs = job_count(args.jobs, len(images))
     try:
         model, predictor, segmenter = load_models(args, args.threads)
-    except (ModelNotFoundError, ModelFolderError) as error:
+    except (ModelNotFoundError, ModelFolderError, OnnxError) as error:
         raise CliError(str(error)) from error
+    # Worker processes load exactly what was resolved here: no second look-up, no warning printed again.
+    args.model = str(model)
+    args.mask_source, args.segmenter = ("segmenter", str(segmenter.folder)) if segmenter else ("landmarks", None)
     for folder, meta in [(model, predictor.meta), *([(segmenter.folder, segmenter.meta)] if segmenter else [])]:
         if (warning := training_data_warning(folder, meta)) is not None:
             print(f"lipseg: warning: {warning}", file=sys.stderr)
@@ -112,39 +133,70 @@ def run_predict(args: argparse.Namespace) -> int:
             + (f", {jobs} worker processes" if jobs > 1 else ""),
             file=sys.stderr,
         )
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"--out {printable(out_dir)}: {error.strerror or error}") from error
     from tqdm import tqdm
 
     progress = tqdm(total=len(inputs), desc="lipseg predict", unit="file", disable=args.quiet or len(inputs) < 2)
-    if jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn, not fork: a forked copy of a process that has run torch can deadlock in its thread pool.
-        chunks = [images[start : start + 4] for start in range(0, len(images), 4)]
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(args,)) as pool:
-            for done in as_completed([pool.submit(_predict_in_worker, chunk) for chunk in chunks]):
-                part = done.result()
-                summary.merge(part)
-                for name, reason in part.failed:
-                    print(f"lipseg: error: {name}: {reason}", file=sys.stderr)
-                progress.update(part.images + len(part.failed))
-        images = []
-    for item in [*images, *videos]:
-        try:
-            if item.kind == "video":
-                predict_video_file(item, predictor, out_dir, args, summary, segmenter)
-            else:
-                predict_image_file(item, predictor, out_dir, not args.no_overlay, summary, segmenter, args.max_pixels)
-        except (OSError, ValueError) as error:
-            summary.failed.append((str(item.path), str(error)))
-            print(f"lipseg: error: {item.path}: {error}", file=sys.stderr)
-        progress.update()
+    try:
+        if jobs > 1:
+            _predict_in_pool(images, jobs, args, summary, progress)
+            images = []
+        for item in [*images, *videos]:
+            try:
+                if item.kind == "video":
+                    predict_video_file(item, predictor, out_dir, args, summary, segmenter)
+                else:
+                    predict_image_file(
+                        item, predictor, out_dir, not args.no_overlay, summary, segmenter, args.max_pixels
+                    )
+            except (OSError, ValueError) as error:
+                summary.failed.append((str(item.path), str(error)))
+                print(f"lipseg: error: {printable(item.path)}: {printable(error)}", file=sys.stderr)
+            progress.update()
+    except KeyboardInterrupt:
+        progress.close()
+        summary.print(interrupted=True)
+        return INTERRUPTED
     progress.close()
     summary.print()
     return 1 if summary.failed else 0
+
+
+INTERRUPTED = 130  # the shell's status for a command stopped by SIGINT
+
+
+def _predict_in_pool(images: list, jobs: int, args: argparse.Namespace, summary: Summary, progress) -> None:
+    """Photos in chunks of four over `jobs` worker processes; on Ctrl-C the chunks not started are
+    cancelled and the ones running finish (each photo's outputs are atomic)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: a forked copy of a process that has run torch can deadlock in its thread pool.
+    chunks = [images[start : start + 4] for start in range(0, len(images), 4)]
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(args,))
+    futures = [pool.submit(_predict_in_worker, chunk) for chunk in chunks]
+    merged = set()
+
+    def merge(future) -> None:
+        part = future.result()
+        merged.add(future)
+        summary.merge(part)
+        for name, reason in part.failed:
+            print(f"lipseg: error: {printable(name)}: {printable(reason)}", file=sys.stderr)
+        progress.update(part.images + len(part.failed))
+
+    try:
+        for done in as_completed(futures):
+            merge(done)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future in futures:  # after Ctrl-C: the chunks that finished while the pool wound down
+            if future not in merged and future.done() and not future.cancelled() and future.exception() is None:
+                merge(future)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -160,11 +212,38 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def bounded(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse type: `kind` (int or float, finite) with `low <= value <= high` (`low < value` with
+    `low_open`); argparse names the option in its error and exits with status 2."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            bounds = [f"> {low:g}" if low_open else f">= {low:g}"] if low is not None else []
+            bounds += [f"<= {high:g}"] if high is not None else []
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(bounds) or 'finite'}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid <type> value" wording
+    return parse
+
+
+positive_int = bounded(int, low=1)
+MAX_UPSAMPLE = 3  # each level doubles both sides: 3 is 64x the pixels, and smaller faces are beyond the TCNN
+
+
+def output_folder(text: str) -> str:
+    """--out: a folder, existing or to be made; checked before any model is loaded."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{printable(text)} exists and is not a folder")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         "when any file failed (the others are still processed).",
     )
     predict.add_argument("paths", nargs="+", metavar="PATH", help="images, folders (searched recursively) or videos")
-    predict.add_argument("--out", required=True, metavar="DIR", help="output folder (nothing is written outside it)")
+    predict.add_argument(
+        "--out",
+        required=True,
+        type=output_folder,
+        metavar="DIR",
+        help="output folder (nothing is written outside it; it must not be an input folder, and a folder "
+        "search skips it when it lies inside one)",
+    )
     predict.add_argument(
         "--model",
         metavar="MODEL",
@@ -197,10 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--upsample",
-        type=int,
+        type=bounded(int, 0, MAX_UPSAMPLE),
         default=1,
+        metavar=f"{{0..{MAX_UPSAMPLE}}}",
         help="the most dlib's detector upsamples a photo to find smaller faces; a photo is upsampled only while "
-        "no face is found at the smaller sizes (default: 1)",
+        "no face is found at the smaller sizes, and never past --max-pixels (default: 1)",
     )
     predict.add_argument(
         "--mouth",
@@ -210,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--cascade-passes",
-        type=int,
+        type=bounded(int, 2, 10),
         default=3,
         metavar="N",
         help="with --mouth cascade: TCNN passes per face, each re-cropping on the previous lips; "
@@ -251,10 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
         "validation photos (release model) for twice the mask step's time, over its 8 ms budget (default: off)",
     )
     predict.add_argument("--no-overlay", action="store_true", help="skip the *_overlay.jpg files")
-    predict.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    predict.add_argument(
+        "--threads", type=bounded(int, 0, 1024), default=0, help="CPU threads (default 0: the engine's choice)"
+    )
     predict.add_argument(
         "--jobs",
-        type=int,
+        type=bounded(int, 0, 1024),
         default=0,
         metavar="N",
         help="photos are shared among N worker processes of one thread each (default 0: one per CPU core, "
@@ -263,25 +352,32 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--max-pixels",
         type=positive_int,
-        default=DEFAULT_MAX_PIXELS,
+        default=PREDICT_MAX_PIXELS,
         metavar="N",
-        help="refuse an image whose header declares more than N pixels (width x height), before "
-        f"decoding it: a guard against decompression bombs (default: {DEFAULT_MAX_PIXELS})",
+        help="refuse an image or video whose header declares frames of more than N pixels (width x height), "
+        "before decoding it, and never upsample a photo past N for detection: memory peaks near 16 bytes a "
+        f"pixel, about 1 GB at the default (default: {PREDICT_MAX_PIXELS})",
     )
     video = predict.add_argument_group("video")
     video.add_argument(
         "--redetect-every",
-        type=int,
+        type=positive_int,
         default=10,
         metavar="N",
         help="run dlib every N frames; between, re-crop on the previous lips (default: 10)",
     )
     video.add_argument("--no-smooth", action="store_true", help="no temporal smoothing of the landmarks")
     video.add_argument(
-        "--smooth-min-cutoff", type=float, default=1.0, help="One Euro filter min cutoff, Hz (lower = smoother)"
+        "--smooth-min-cutoff",
+        type=bounded(float, 0, low_open=True),
+        default=1.0,
+        help="One Euro filter min cutoff, Hz (lower = smoother)",
     )
     video.add_argument(
-        "--smooth-beta", type=float, default=0.05, help="One Euro filter speed coefficient (higher = less lag)"
+        "--smooth-beta",
+        type=bounded(float, 0),
+        default=0.05,
+        help="One Euro filter speed coefficient (higher = less lag)",
     )
     predict.add_argument("--quiet", action="store_true", help="no progress bars")
     predict.set_defaults(handler=run_predict)
@@ -294,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
     export.add_argument("--model", metavar="MODEL", help="model folder or MLflow URI (default: the release model)")
-    export.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    export.add_argument("--out", required=True, type=output_folder, metavar="DIR", help="output folder")
+    export.add_argument("--opset", type=bounded(int, 13, 21), default=17, help="ONNX opset, 13-21 (default: 17)")
     export.set_defaults(handler=run_export)
     return parser
 

@@ -4,6 +4,7 @@ trained model; and the segmenter that labels the masks (`--mask-source`)."""
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -64,13 +65,8 @@ def segmenter_folder(mask_source: str, spec: str | None, model: Path | None = No
     folder = Path(spec) if spec else None
     if folder is None and model == RELEASE_TCNN and (RELEASE_SEGMENTER / META_FILE).is_file():
         folder = RELEASE_SEGMENTER
-    if folder is None:
-        project = project_root()
-        best_file = project / BEST_SEGMENTER if project else None
-        if best_file is not None and best_file.is_file():
-            best = json.loads(best_file.read_text(encoding="utf-8"))
-            if best.get("beats_landmarks") or mask_source == "segmenter":
-                folder = project / best["folder"]
+    if folder is None and (project := project_root()) is not None:
+        folder = measured_best_segmenter(project, insist=mask_source == "segmenter")
     if spec and not folder.is_dir():
         raise ModelNotFoundError(f"--segmenter {spec}: no such folder")
     if folder is None or not folder.is_dir():
@@ -80,6 +76,33 @@ def segmenter_folder(mask_source: str, spec: str | None, model: Path | None = No
             "--mask-source segmenter: no segmenter found (run `dvc repro evaluate_segmenters` or pass --segmenter DIR)"
         )
     return folder
+
+
+def measured_best_segmenter(project: Path, insist: bool = False) -> Path | None:
+    """The segmenter folder that the project's models/segmenters/best.json names, when it beat the landmark
+    polygons (or whenever, with `insist`); None without that file. A damaged file, or one naming no folder,
+    is a warning on stderr and None (auto falls back to the polygons); with `insist`, ModelNotFoundError."""
+    best_file = project / BEST_SEGMENTER
+    if not best_file.is_file():
+        return None
+    try:
+        best = json.loads(best_file.read_text(encoding="utf-8"))
+        if not isinstance(best, dict):
+            raise ValueError(f"expected a JSON object, found {type(best).__name__}")
+        for key, kind in (("folder", str), ("beats_landmarks", bool)):
+            if not isinstance(best.get(key), kind):
+                raise ValueError(f"the {key!r} entry is missing or not a {kind.__name__}")
+        if not (best["beats_landmarks"] or insist):
+            return None
+        if not (project / best["folder"]).is_dir():
+            raise ValueError(f"it names {best['folder']!r}, which is not a folder")
+    # ValueError: bad JSON or UTF-8 and the checks above; RecursionError: arrays nested past the parser's depth
+    except (OSError, ValueError, RecursionError) as error:
+        if insist:
+            raise ModelNotFoundError(f"--mask-source segmenter: {best_file}: {error}") from None
+        print(f"lipseg: warning: {best_file}: {error}; masks from the landmark polygons", file=sys.stderr)
+        return None
+    return project / best["folder"]
 
 
 def training_data_warning(folder: Path, meta: dict) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -15,13 +17,23 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from lipseg.core.files import write_bytes_atomic, write_png_atomic, write_text_atomic
-from lipseg.core.images import DEFAULT_MAX_PIXELS, read_image
+from lipseg.core.files import staged_files, write_bytes_atomic, write_png_atomic, write_text_atomic
+from lipseg.core.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    IMAGE_TOO_LARGE,
+    ImageError,
+    apply_orientation,
+    image_metadata,
+    read_image,
+)
 from lipseg.evaluation.masks import label_mask_from_faces
 from lipseg.evaluation.overlays import overlay
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+# What each input writes under --out, beside its stem: checked against the inputs before any work.
+IMAGE_OUTPUTS = (".json", ".png", "_overlay.jpg")
+VIDEO_OUTPUTS = (".jsonl", "_annotated.mp4")
 
 
 class OutsideOutError(ValueError):
@@ -44,6 +56,7 @@ class Summary:
     videos: int = 0
     frames: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # processed, with something to know (EXIF turn)
     landmark_ms: list[float] = field(default_factory=list)  # per face: mouth + crop + TCNN
     image_ms: list[float] = field(default_factory=list)
 
@@ -53,50 +66,129 @@ class Summary:
         self.faces += other.faces
         self.no_face += other.no_face
         self.failed += other.failed
+        self.notes += other.notes
         self.landmark_ms += other.landmark_ms
         self.image_ms += other.image_ms
 
-    def print(self, stream=None) -> None:
+    def print(self, stream=None, interrupted: bool = False) -> None:
         stream = stream or sys.stderr
         mean_face = f"{np.mean(self.landmark_ms):.2f} ms" if self.landmark_ms else "n/a"
         mean_image = f"{np.mean(self.image_ms):.1f} ms" if self.image_ms else "n/a"
         print(
-            f"lipseg: {self.images} images, {self.faces} faces, {self.no_face} images without a face, "
+            ("lipseg: interrupted; done before that: " if interrupted else "lipseg: ")
+            + f"{self.images} images, {self.faces} faces, {self.no_face} images without a face, "
             f"{self.videos} videos ({self.frames} frames), {len(self.failed)} failed; "
             f"mean {mean_face} per face (mouth + crop + TCNN), {mean_image} per image end to end",
             file=stream,
         )
+        for name, note in self.notes:
+            print(f"lipseg: note: {printable(name)}: {note}", file=stream)
         for name, reason in self.failed:
-            print(f"lipseg: failed: {name}: {reason}", file=stream)
+            print(f"lipseg: failed: {printable(name)}: {printable(reason)}", file=stream)
 
 
-def collect_inputs(paths: Sequence[str]) -> tuple[list[InputFile], list[tuple[str, str]]]:
-    """Images and videos from files and folders (recursive, by extension), with unique output stems."""
+def printable(text: object) -> str:
+    """`text` for a log line: control characters escaped (a file name holding a newline must not print
+    a line of its own) and undecodable bytes of a file name shown as escapes instead of crashing."""
+    return str(text).translate(_CONTROL_ESCAPES).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]} | {
+    0x09: "\\t",
+    0x0A: "\\n",
+    0x0D: "\\r",
+}
+
+
+def _file_kind(status: os.stat_result) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISSOCK, "a socket")):
+        if test(status.st_mode):
+            return name
+    return "a block device" if stat.S_ISBLK(status.st_mode) else "not a plain file"
+
+
+def _input_problem(path: Path) -> tuple[str, os.stat_result | None]:
+    """('', status) for a path that exists (links followed), else (the reason, None)."""
+    try:
+        return "", path.stat()
+    except FileNotFoundError:
+        return ("a broken symbolic link" if path.is_symlink() else "no such file or folder"), None
+    except OSError as error:
+        return error.strerror or str(error), None
+
+
+def _out_stem(relative: Path) -> Path:
+    """The output stem of an input at `relative`: its name without the suffix, or the whole name when that
+    leaves only dots (`..jpg` would otherwise name the output folder itself)."""
+    stem = relative.name[: -len(relative.suffix)] if relative.suffix else relative.name
+    return relative.with_name(relative.name if not stem.strip(".") else stem)
+
+
+def collect_inputs(paths: Sequence[str], out_dir: Path | None = None) -> tuple[list[InputFile], list[tuple[str, str]]]:
+    """Images and videos from files and folders (recursive, by extension), with unique output stems,
+    and the (path, reason) of every given or found path that cannot be read. A folder search skips
+    `out_dir` when it lies inside, so a rerun does not take its own outputs for inputs."""
     found: list[InputFile] = []
     problems: list[tuple[str, str]] = []
     used: set[Path] = set()
+    skip = out_dir.resolve() if out_dir is not None else None
 
-    def add(path: Path, stem: Path, kind: str) -> None:
+    def add(path: Path, relative: Path, status: os.stat_result | None) -> None:
+        suffix = path.suffix.lower()
+        if status is not None and not stat.S_ISREG(status.st_mode):
+            problems.append((str(path), f"not a regular file ({_file_kind(status)})"))
+            return
+        stem = _out_stem(relative)
         candidate, number = stem, 1
         while candidate in used:
             candidate = stem.with_name(f"{stem.name}_{number}")
             number += 1
         used.add(candidate)
-        found.append(InputFile(path, kind, candidate))
+        found.append(InputFile(path, "video" if suffix in VIDEO_SUFFIXES else "image", candidate))
 
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                suffix = child.suffix.lower()
-                if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
-                    relative = child.relative_to(path).with_suffix("")
-                    add(child, relative, "video" if suffix in VIDEO_SUFFIXES else "image")
-        elif path.is_file():
-            add(path, Path(path.stem), "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image")
+        problem, status = _input_problem(path)
+        if status is None:
+            problems.append((raw, problem))
+        elif stat.S_ISDIR(status.st_mode):
+            for folder, subfolders, files in os.walk(path):
+                subfolders[:] = sorted(name for name in subfolders if Path(folder, name).resolve() != skip)
+                for name in sorted(files):
+                    child = Path(folder, name)
+                    if child.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES):
+                        problem, status = _input_problem(child)
+                        if status is None:
+                            problems.append((str(child), problem))
+                        else:
+                            add(child, child.relative_to(path), status)
         else:
-            problems.append((raw, "no such file or folder"))
+            add(path, Path(path.name), status)
     return found, problems
+
+
+class OutputClashError(ValueError):
+    """--out would overwrite an input: the run is refused before anything is read or written."""
+
+
+def check_outputs_clear(inputs: list[InputFile], paths: Sequence[str], out_dir: Path) -> None:
+    """Refuse an --out that is an input folder, or any output that would land on an input file."""
+    resolved_out = out_dir.resolve()
+    for raw in paths:
+        if Path(raw).is_dir() and Path(raw).resolve() == resolved_out:
+            raise OutputClashError(
+                f"--out {printable(out_dir)} is the input folder {printable(raw)}: its photos would be "
+                "overwritten by their masks; choose another output folder"
+            )
+    originals = {item.path.resolve(): item.path for item in inputs}
+    for item in inputs:
+        for suffix in IMAGE_OUTPUTS if item.kind == "image" else VIDEO_OUTPUTS:
+            target = (out_dir / item.out_stem).with_name(item.out_stem.name + suffix)
+            if (clash := originals.get(target.resolve())) is not None:
+                raise OutputClashError(
+                    f"the output {printable(target)} of {printable(item.path)} would overwrite the input "
+                    f"{printable(clash)}; choose another output folder"
+                )
 
 
 def safe_output(out_dir: Path, stem: Path, suffix: str) -> Path:
@@ -137,6 +229,9 @@ def predict_image_file(
 ) -> None:
     started = time.perf_counter()
     image = read_image(item.path, max_pixels)  # ImageError (a ValueError) names what is wrong with the file
+    metadata = image_metadata(item.path)
+    # Points, masks and overlays are given in the photo as a viewer shows it, as other face tools read it.
+    image = apply_orientation(image, metadata.orientation)
     result = predictor.predict(image)
     mask_started = time.perf_counter()
     mask = face_mask(result, image, segmenter)
@@ -146,7 +241,10 @@ def predict_image_file(
         **result.to_json(),
         "model": predictor.meta.get("kind"),
         "mask_source": mask_source_name(segmenter),
+        "exif_orientation": metadata.orientation,
+        "notes": metadata.notes(),
     }
+    summary.notes += [(str(item.path), note) for note in payload["notes"]]
     write_text_atomic(safe_output(out_dir, item.out_stem, ".json"), json.dumps(payload) + "\n")
     write_png_atomic(safe_output(out_dir, item.out_stem, ".png"), mask)
     if overlay:
@@ -165,9 +263,18 @@ def predict_image_file(
 def predict_video_file(
     item: InputFile, predictor, out_dir: Path, args: argparse.Namespace, summary: Summary, segmenter=None
 ) -> None:
+    """The annotated video and its JSON lines, renamed into place only after the last frame: an interrupted
+    or failed video leaves neither, never a shorter one under the final names."""
     from lipseg.inference.video import VideoTracker, read_frames, video_info
 
     fps, count, width, height = video_info(item.path)
+    max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
+    if width * height > max_pixels:  # from the container, before a frame is decoded
+        raise ImageError(
+            IMAGE_TOO_LARGE,
+            f"video frames of {width} x {height} = {width * height} pixels, over the limit of {max_pixels} "
+            "(lipseg predict --max-pixels)",
+        )
     tracker = VideoTracker(
         predictor,
         redetect_every=args.redetect_every,
@@ -177,34 +284,48 @@ def predict_video_file(
     )
     video_path = safe_output(out_dir, item.out_stem, "_annotated.mp4")
     lines_path = safe_output(out_dir, item.out_stem, ".jsonl")
-    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    started, frames, detections = time.perf_counter(), 0, 0
-    with lines_path.open("w", encoding="utf-8") as lines:
-        for index, frame in tqdm(
-            read_frames(item.path),
-            total=count or None,
-            desc=item.path.name,
-            unit="frame",
-            disable=args.quiet,
-            leave=False,
-        ):
-            result, track_ids, detected = tracker.step(frame, index, 1.0 / fps)
-            detections += detected
-            writer.write(annotate(frame, result, face_mask(result, frame, segmenter)))
-            record = {"frame": index, "time_s": round(index / fps, 4), "detected": bool(detected), **result.to_json()}
-            for face_json, ident in zip(record["faces"], track_ids):
-                face_json["track"] = ident
-            lines.write(json.dumps(record) + "\n")
-            frames += 1
-            summary.faces += len(result.faces)
-    writer.release()
-    if frames == 0:
-        raise OSError("no frames could be decoded")
+    started, frames, detections, faces = time.perf_counter(), 0, 0, 0
+    with staged_files(video_path, lines_path) as (video_tmp, lines_tmp):
+        writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not writer.isOpened():
+            raise OSError(f"the mp4v video writer cannot encode {width} x {height} frames at {fps:g} fps")
+        try:
+            with lines_tmp.open("w", encoding="utf-8") as lines:
+                for index, frame in tqdm(
+                    read_frames(item.path),
+                    total=count or None,
+                    desc=printable(item.path.name),
+                    unit="frame",
+                    disable=args.quiet,
+                    leave=False,
+                ):
+                    result, track_ids, detected = tracker.step(frame, index, 1.0 / fps)
+                    if not all(np.isfinite(face.lips).all() for face in result.faces):
+                        raise ValueError(f"frame {index}: the landmarks are not finite numbers")
+                    detections += detected
+                    writer.write(annotate(frame, result, face_mask(result, frame, segmenter)))
+                    record = {
+                        "frame": index,
+                        "time_s": round(index / fps, 4),
+                        "detected": bool(detected),
+                        **result.to_json(),
+                    }
+                    for face_json, ident in zip(record["faces"], track_ids):
+                        face_json["track"] = ident
+                    lines.write(json.dumps(record, allow_nan=False) + "\n")
+                    frames += 1
+                    faces += len(result.faces)
+        finally:
+            writer.release()
+        if frames == 0:
+            raise OSError("no frames could be decoded")
     seconds = time.perf_counter() - started
     summary.videos += 1
     summary.frames += frames
+    summary.faces += faces
     print(
-        f"lipseg: {item.path}: {frames} frames at {frames / seconds:.1f} fps, dlib ran on {detections} "
-        f"(re-detection every {args.redetect_every} frames) -> {video_path.name}, {lines_path.name}",
+        f"lipseg: {printable(item.path)}: {frames} frames at {frames / seconds:.1f} fps, dlib ran on {detections} "
+        f"(re-detection every {args.redetect_every} frames) -> {printable(video_path.name)}, "
+        f"{printable(lines_path.name)}",
         file=sys.stderr,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lipseg.core.images import DEFAULT_MAX_PIXELS
 from lipseg.core.model_meta import ModelFolderError, read_model_meta
 from lipseg.data.geometry import (
     CropGeometry,
@@ -73,6 +74,7 @@ class LipPredictor:
         threads: int = 1,
         flip_average: bool = False,
         cascade_passes: int = 3,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         if mouth_source not in MOUTH_SOURCES:
             raise ValueError(f"mouth source must be one of {MOUTH_SOURCES}, got {mouth_source!r}")
@@ -105,8 +107,9 @@ class LipPredictor:
                     "the cascade needs a model trained by this lipseg version"
                 )
             self.face_to_mouth = FaceToMouth(**self.meta["face_to_mouth"])
-        self.locator = DlibMouthLocator(detector, upsample) if mouth_source == "dlib68" else None
-        self.detector = self.locator.detector if self.locator else cached_detector(detector, upsample)
+        # max_pixels bounds what upsampling may make of a photo, as read_image bounds the photo itself
+        self.locator = DlibMouthLocator(detector, upsample, max_pixels) if mouth_source == "dlib68" else None
+        self.detector = self.locator.detector if self.locator else cached_detector(detector, upsample, max_pixels)
 
     def _landmarks(
         self, image: np.ndarray, boxes: list[tuple[np.ndarray, float]], timings: dict[str, float], final: bool = True

@@ -140,16 +140,21 @@ def read_frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def video_info(path: Path) -> tuple[float, int, int, int]:
-    """(fps, frame count, width, height); fps falls back to 25 when the container does not say."""
+    """(fps, frame count, width, height) from the container, before any frame is decoded; fps falls back
+    to 25 when the container does not say or says something unusable (0, NaN, infinite or absurd), which
+    would otherwise give the smoothing a zero or non-finite time step."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise OSError(f"cannot open video {path}")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    fps = capture.get(cv2.CAP_PROP_FPS)
     info = (
-        fps if fps > 0 else 25.0,
-        int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
+        fps if math.isfinite(fps) and 0 < fps <= MAX_FPS else 25.0,
+        max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0),
         int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
         int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
     )
     capture.release()
     return info
+
+
+MAX_FPS = 1000.0  # high-speed cameras reach this; a container claiming more is wrong

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from lipseg.core.params import Section, param
+from lipseg.core.params import ParamsError, Section, param
 from lipseg.data.labels import IGNORE, NUM_CLASSES
 
 
@@ -19,6 +19,12 @@ class LossWeights(Section):
     jaccard: float = param(0.0, low=0)
     boundary: float = param(0.0, low=0)  # extra cross-entropy weight on pixels within a pixel of a class border
     distill: float = param(0.0, low=0)  # KL divergence from a teacher's probabilities (train_segmenter <arch>.teacher)
+
+    def check(self, name: str) -> None:
+        if not (self.ce or self.dice or self.jaccard or self.distill):
+            raise ParamsError(f"params.yaml: {name} needs ce, dice, jaccard or distill above 0 (all are 0)")
+        if self.boundary and not self.ce:
+            raise ParamsError(f"params.yaml: {name}.boundary weights cross-entropy up: it needs {name}.ce > 0")
 
 
 def class_borders(labels: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lipseg.core.onnx_runtime import export_for, onnx_session
+from lipseg.core.onnx_runtime import export_session
 
 ONNX_SCHEMA = "lipseg-segmenter-onnx/1"
 SIDECAR_FILE = "lipseg_segmenter_onnx.json"
@@ -25,7 +25,7 @@ class OnnxSegmenter:
     """(F, S, S, 3) uint8 crops -> (F, 4, S, S) float32 class probabilities, one batch per call."""
 
     def __init__(self, model_folder: Path, threads: int = 1):
-        self.session = onnx_session(export_for(model_folder, SIDECAR_FILE, _export) / SEGMENTER_FILE, threads)
+        self.session = export_session(model_folder, SIDECAR_FILE, SEGMENTER_FILE, _export, threads)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)

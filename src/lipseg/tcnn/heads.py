@@ -13,7 +13,7 @@ from sklearn.mixture import GaussianMixture
 from torch import nn
 
 from lipseg.core.fit import FitConfig, fit
-from lipseg.core.params import Section, param
+from lipseg.core.params import Section, param, seed_param
 from lipseg.core.runtime import resolve_device
 from lipseg.tcnn.gmm import assign, assign_by_source, full_precision_cholesky
 from lipseg.tcnn.losses import mouth_normalised_error
@@ -34,7 +34,7 @@ class HeadsConfig(Section):
     min_val_size: int = param(5, low=1)  # validation faces per half (epoch choice, keep decision) for cluster scope
     cluster_by: Literal["crop", "source"] = "crop"  # crop: each crop by its features | source: copies follow their face
     keep_if_better: bool = True  # a head must beat the base head on validation faces that did not choose its epoch
-    seed: int = 0
+    seed: int = seed_param()
     device: str = "auto"
 
 

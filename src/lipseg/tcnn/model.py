@@ -19,6 +19,10 @@ from lipseg.core.model_folder import SavableModel, load_model_folder
 from lipseg.data.geometry import CropGeometry
 from lipseg.data.landmarks import LIP_COUNT
 
+# Far more heads than a mixture over a few thousand training crops can support: a folder claiming more is
+# damaged, and building millions of heads would keep the loader busy for hours (even on the meta device).
+MAX_HEADS = 1024
+
 
 @dataclass
 class TCNNConfig:
@@ -137,7 +141,10 @@ class TCNN(SavableModel):
     def from_folder_meta(cls, meta: dict[str, Any]) -> TCNN:
         config = TCNNConfig.from_dict(meta["config"])
         if meta["kind"] == "tweaked":
-            return TweakedTCNN(config, int(meta["components"]))
+            components = meta["components"]
+            if isinstance(components, bool) or not isinstance(components, int) or not 1 <= components <= MAX_HEADS:
+                raise ValueError(f"components must be an integer from 1 to {MAX_HEADS}, got {components!r}")
+            return TweakedTCNN(config, components)
         if meta["kind"] == "vanilla":
             return VanillaTCNN(config)
         raise ValueError(f"unknown TCNN kind {meta['kind']!r} (expected vanilla or tweaked)")

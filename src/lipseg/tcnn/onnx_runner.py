@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lipseg.core.model_meta import read_model_meta
-from lipseg.core.onnx_runtime import export_for, onnx_session
+from lipseg.core.onnx_runtime import export_session
 from lipseg.core.tta import average_with_mirror, mirrored
 from lipseg.tcnn.crop_points import CropPredictions, unmirror
 
@@ -30,10 +30,12 @@ class OnnxCropRunner:
     on a CPU, and no torch import at all when the folder ships its export."""
 
     def __init__(self, model_folder: Path, threads: int = 1):
-        export = export_for(model_folder, SIDECAR_FILE, _export)
-        path = export / TWEAKED_FILE if (export / TWEAKED_FILE).is_file() else export / BASE_FILE
-        self.session = onnx_session(path, threads)
-        self.annotation_offset = float(read_model_meta(model_folder)["config"].get("annotation_offset", 0.0))
+        meta = read_model_meta(model_folder)
+        # The graph the model's kind needs: a tweaked model's export without its tweaked graph is damaged,
+        # not a reason to run the base head alone.
+        graph = TWEAKED_FILE if meta.get("kind") == "tweaked" else BASE_FILE
+        self.session = export_session(model_folder, SIDECAR_FILE, graph, _export, threads)
+        self.annotation_offset = float(meta["config"].get("annotation_offset", 0.0))
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
 
