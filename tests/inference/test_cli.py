@@ -446,7 +446,14 @@ def test_ctrl_c_stops_the_worker_processes_with_a_summary(
         shutil.copy(photo_folder / "blank.png", many / f"blank_{index:03d}.png")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "lipseg.inference.cli", *predict_args([many], out, tiny_model_folder)]
-    process = subprocess.Popen([*command, "--jobs", "2"], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*command, "--jobs", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background job inherits SIGINT ignored, and Python then keeps ignoring it; a person at a
+        # terminal has it at its default, which Python turns into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while len(list(out.glob("*.json"))) < 8 and time.monotonic() < deadline:
         time.sleep(0.2)
