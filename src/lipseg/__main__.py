@@ -1,7 +1,5 @@
-"""`python -m lipseg`: the same command line as `lipseg`."""
-
-import sys
+"""`python -m lipseg`: the same command line as the `lipseg` script."""
 
 from lipseg.inference.cli import main
 
-sys.exit(main())
+raise SystemExit(main())

@@ -170,6 +170,16 @@ def test_help_texts(capsys: pytest.CaptureFixture) -> None:
     assert "--model" in text and "models:/lipseg-" in text and "champion" in text and "--redetect-every" in text
 
 
+def test_version_and_python_dash_m() -> None:
+    import subprocess
+    import sys
+
+    from lipseg import __version__
+
+    done = subprocess.run([sys.executable, "-m", "lipseg", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == f"lipseg {__version__}\n"
+
+
 def test_onnx_engine_gives_the_torch_landmarks(
     photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

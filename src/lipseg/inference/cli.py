@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lipseg import __version__
 from lipseg.core.images import PREDICT_MAX_PIXELS
 from lipseg.inference.models import ModelNotFoundError, resolve_model, segmenter_folder, training_data_warning
 from lipseg.inference.outputs import (
@@ -248,6 +249,7 @@ def output_folder(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipseg", description="Lip landmarks and lip masks with a Tweaked CNN.")
+    parser.add_argument("--version", action="version", version=f"lipseg {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     predict = commands.add_parser(
