@@ -30,8 +30,10 @@ IMAGE_TRUNCATED = "truncated image"
 IMAGE_UNDECODABLE = "image cannot be decoded"
 SUPPORTED_FORMATS = "JPEG, PNG, BMP, GIF, TIFF, WebP or PNM"
 # The file name suffixes of those formats: what a folder search or a dataset lookup takes for an image.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-IMAGE_SUFFIXES += (".ppm", ".pgm", ".pbm", ".pnm", ".pam")
+IMAGE_SUFFIXES = (
+    *(".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"),
+    *(".ppm", ".pgm", ".pbm", ".pnm", ".pam"),
+)
 
 
 class ImageError(ValueError):
@@ -234,14 +236,20 @@ def _checked_header(path: Path, max_pixels: int | None) -> tuple[ImageHeader, in
             header = read_image_header(handle)
     except OSError as error:
         raise ImageError(IMAGE_UNREADABLE, error.strerror or str(error)) from None
-    pixels = header.width * header.height
-    if max_pixels is not None and pixels > max_pixels:
+    if max_pixels is not None:
+        check_pixel_count(header.width, header.height, max_pixels)
+    return header, byte_limit
+
+
+def check_pixel_count(
+    width: int, height: int, max_pixels: int, what: str = "", settings: str = PIXEL_LIMIT_SETTINGS
+) -> None:
+    """ImageError when `width` x `height` (a photo's, or `what`: a video's frames) passes `max_pixels`."""
+    if width * height > max_pixels:
         raise ImageError(
             IMAGE_TOO_LARGE,
-            f"{header.width} x {header.height} = {pixels} pixels, over the limit of "
-            f"{max_pixels} ({PIXEL_LIMIT_SETTINGS})",
+            f"{what}{width} x {height} = {width * height} pixels, over the limit of {max_pixels} ({settings})",
         )
-    return header, byte_limit
 
 
 def image_size(path: Path) -> tuple[int, int]:

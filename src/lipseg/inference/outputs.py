@@ -21,9 +21,8 @@ from lipseg.core.files import staged_files, write_bytes_atomic, write_png_atomic
 from lipseg.core.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
-    IMAGE_TOO_LARGE,
-    ImageError,
     apply_orientation,
+    check_pixel_count,
     image_metadata,
     read_image,
 )
@@ -133,9 +132,9 @@ def collect_inputs(paths: Sequence[str], out_dir: Path | None = None) -> tuple[l
     used: set[Path] = set()
     skip = out_dir.resolve() if out_dir is not None else None
 
-    def add(path: Path, relative: Path, status: os.stat_result | None) -> None:
+    def add(path: Path, relative: Path, status: os.stat_result) -> None:
         suffix = path.suffix.lower()
-        if status is not None and not stat.S_ISREG(status.st_mode):
+        if not stat.S_ISREG(status.st_mode):
             problems.append((str(path), f"not a regular file ({_file_kind(status)})"))
             return
         stem = _out_stem(relative)
@@ -268,13 +267,8 @@ def predict_video_file(
     from lipseg.inference.video import VideoTracker, read_frames, video_info
 
     fps, count, width, height = video_info(item.path)
-    max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
-    if width * height > max_pixels:  # from the container, before a frame is decoded
-        raise ImageError(
-            IMAGE_TOO_LARGE,
-            f"video frames of {width} x {height} = {width * height} pixels, over the limit of {max_pixels} "
-            "(lipseg predict --max-pixels)",
-        )
+    # from the container, before a frame is decoded
+    check_pixel_count(width, height, args.max_pixels, "video frames of ", "lipseg predict --max-pixels")
     tracker = VideoTracker(
         predictor,
         redetect_every=args.redetect_every,
