@@ -38,9 +38,14 @@ def file_mode() -> int:
     return 0o666 & ~umask()
 
 
-def _replace_from_temp(path: Path, write: Any, suffix: str = "") -> None:
+def _temp_sibling(path: Path, suffix: str) -> tuple[int, str]:
+    """(fd, name) of a new hidden file beside `path`: same folder, so the final os.replace is atomic."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+
+
+def _replace_from_temp(path: Path, write: Any, suffix: str = "") -> None:
+    fd, tmp_name = _temp_sibling(path, suffix + ".tmp")
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as handle:
@@ -111,8 +116,7 @@ def staged_files(*paths: Path) -> Iterator[list[Path]]:
     staged = []
     try:
         for path in map(Path, paths):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+            fd, name = _temp_sibling(path, ".tmp" + path.suffix)
             os.close(fd)
             staged.append(Path(name))
         yield staged

@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
 
-import yaml
-
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -39,6 +37,8 @@ def load_params(section: str, path: Path = PARAMS_FILE) -> dict[str, Any]:
     """One stage's own section of params.yaml (stages never read other sections)."""
     if not path.is_file():
         raise ParamsError(f"{path} not found (run stages from the project root)")
+    import yaml  # here, not at the top: `lipseg predict` uses this module's range check, not the file
+
     with path.open(encoding="utf-8") as handle:
         params = yaml.safe_load(handle) or {}
     if not isinstance(params, dict) or section not in params:
@@ -158,6 +158,17 @@ def _convert(kind: Any, value: Any, key: str) -> Any:
     raise TypeError(f"{key}: params of type {kind!r} are not supported")
 
 
+def range_text(low: float | None, high: float | None, low_open: bool = False) -> str:
+    """'>= low and <= high' (or '> low' with `low_open`; either end may be open), for messages."""
+    bounds = [f"> {low}" if low_open else f">= {low}"] if low is not None else []
+    return " and ".join(bounds + ([f"<= {high}"] if high is not None else []))
+
+
+def in_range(value: float, low: float | None, high: float | None, low_open: bool = False) -> bool:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    return not too_low and not (high is not None and value > high)
+
+
 def _check_range(field: dataclasses.Field, value: Any, key: str) -> None:
     low, high, low_open = field.metadata.get("low"), field.metadata.get("high"), field.metadata.get("low_open")
     if low is None and high is None:
@@ -165,12 +176,8 @@ def _check_range(field: dataclasses.Field, value: Any, key: str) -> None:
     for item in value if isinstance(value, (list, tuple)) else [value]:
         if not isinstance(item, (int, float)) or isinstance(item, bool):
             continue  # e.g. "auto" beside an integer range
-        too_low = low is not None and (item <= low if low_open else item < low)
-        if too_low or (high is not None and item > high):
-            bounds = (f"> {low}" if low_open else f">= {low}") if low is not None else ""
-            if high is not None:
-                bounds = f"{bounds} and <= {high}" if bounds else f"<= {high}"
-            raise ParamsError(f"params.yaml: {key} must be {bounds}, got {item!r}")
+        if not in_range(item, low, high, low_open):
+            raise ParamsError(f"params.yaml: {key} must be {range_text(low, high, low_open)}, got {item!r}")
 
 
 class Section:

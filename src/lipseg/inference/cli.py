@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lipseg import __version__
 from lipseg.core.images import PREDICT_MAX_PIXELS
+from lipseg.core.params import in_range, range_text
 from lipseg.inference.models import ModelNotFoundError, resolve_model, segmenter_folder, training_data_warning
 from lipseg.inference.outputs import (
     OutputClashError,
@@ -223,11 +224,8 @@ def bounded(kind: type, low: float | None = None, high: float | None = None, low
         except ValueError:
             expected = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
-        too_low = low is not None and (value <= low if low_open else value < low)
-        if not math.isfinite(value) or too_low or (high is not None and value > high):
-            bounds = [f"> {low:g}" if low_open else f">= {low:g}"] if low is not None else []
-            bounds += [f"<= {high:g}"] if high is not None else []
-            raise argparse.ArgumentTypeError(f"must be {' and '.join(bounds) or 'finite'}, got {text}")
+        if not math.isfinite(value) or not in_range(value, low, high, low_open):
+            raise argparse.ArgumentTypeError(f"must be {range_text(low, high, low_open) or 'finite'}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse's "invalid <type> value" wording
