@@ -99,6 +99,8 @@ def run_ours(
         str(out_dir),
         "--no-overlay",
         "--quiet",
+        "--format",
+        "png-grey",  # the overlay grid reads the masks with OpenCV, which expands a palette PNG to colours
         "--model",
         str(model),
         "--mouth",

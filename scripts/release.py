@@ -74,6 +74,8 @@ def predict_and_score(
         mask_source,
         "--no-overlay",
         "--quiet",
+        "--format",
+        "png-grey",  # lipeval_check hands these PNGs to lipeval, which refuses a palette PNG as a colour one
     ]
     # This checkout's `lipseg predict` (what ships), not the scratch repo's copy of the code.
     done = subprocess.run(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from lipseg.core import paths
 from lipseg.core.files import (
@@ -15,12 +13,13 @@ from lipseg.core.files import (
     write_text_atomic,
 )
 from lipseg.core.params import Section, load_params, param, run_stage
-from lipseg.core.tracking import stage_run
+from lipseg.core.tracking import MODEL_NAME, Merit, stage_run, validation_data
 from lipseg.data.crops import CropSet
 from lipseg.data.helen import load_split
 from lipseg.evaluation.overlays import overlay_grid
-from lipseg.evaluation.plots import ced_curves
+from lipseg.evaluation.plots import ced_csv, ced_curves
 from lipseg.evaluation.report import face_truth
+from lipseg.inference.pyfunc import crop_model_package
 from lipseg.tcnn.model import load_tcnn
 from lipseg.tcnn.predict import predict_crops
 from lipseg.tcnn.scoring import (
@@ -37,8 +36,6 @@ from lipseg.tcnn.scoring import (
 MODELS = {"base": paths.BASE_MODEL, "tweaked": paths.TCNN_MODEL}
 CED_CSV = paths.REPORTS / "evaluate_ced.csv"
 REPORT_DIR = paths.REPORTS / "evaluate"
-# The registered model is "models from code": MLflow runs this file (found, not imported: importing it registers it).
-PYFUNC = Path(importlib.util.find_spec("lipseg.inference.pyfunc").origin)
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class EvaluateParams(Section):
     ced_max: float = param(0.15, low=0, low_open=True)
     overlay_count: int = param(16, low=0)
     flip_tta: bool = True  # average each crop's prediction with its mirror image's (as lipseg predict)
-    register_model: bool = True  # register the tweaked model as lipseg-tcnn in the MLflow registry
+    register_model: bool = True  # register the tweaked model as lipseg-tcnn (champion only when better)
 
 
 def main() -> None:
@@ -95,16 +92,7 @@ def main() -> None:
             write_png_atomic(staging / "overlays.png", overlay_grid(tiles, columns=6, tile_size=160, captions=captions))
             # Last in the block: the report folder is swapped in only once everything is written.
             write_json_atomic(paths.METRICS, metrics)
-            write_text_atomic(
-                CED_CSV,
-                "threshold,"
-                + ",".join(curves)
-                + "\n"
-                + "".join(
-                    f"{t:.4f}," + ",".join(f"{curves[label][i]:.4f}" for label in curves) + "\n"
-                    for i, t in enumerate(thresholds)
-                ),
-            )
+            write_text_atomic(CED_CSV, ced_csv(thresholds, curves))
         for label in scores:
             run.log_metrics({f"{label}.{key}": value for key, value in metrics[label].items()}, to_parent=True)
             run.log_metrics(
@@ -116,15 +104,25 @@ def main() -> None:
         run.log_artifact(REPORT_DIR / "overlays.png")
         if params.register_model:
             example = test.images[: min(4, len(test))]
-            # Registered to predict as its logged metrics were measured: with or without flip averaging.
-            version = run.register_model(
-                MODELS["tweaked"],
-                PYFUNC,
-                example,
-                crop_predictions["tweaked"].lips[: len(example)],
-                model_config={"flip_average": params.flip_tta},
+            # Judged on the validation photos (test is only reported): lips F1, higher is better.
+            merit = Merit(
+                "val.tweaked.f1_lips",
+                metrics["val"]["tweaked"]["f1_lips"],
+                higher_is_better=True,
+                data=validation_data(manifest["names"]["val"]),
             )
-            print(f"evaluate: registered lipseg-tcnn version {version} (alias champion)")
+            # Registered to predict as its logged metrics were measured: with or without flip averaging.
+            run.register(
+                MODEL_NAME,
+                lambda staging: crop_model_package(
+                    MODELS["tweaked"],
+                    example,
+                    crop_predictions["tweaked"].lips[: len(example)],
+                    staging,
+                    model_config={"flip_average": params.flip_tta},
+                ),
+                merit,
+            )
     print(format_summary(metrics))
 
 

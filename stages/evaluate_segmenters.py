@@ -21,10 +21,12 @@ from lipseg.core.files import (
 )
 from lipseg.core.params import Section, load_params, param, run_stage
 from lipseg.core.runtime import set_threads
-from lipseg.core.tracking import stage_run
+from lipseg.core.tracking import PHOTO_MODEL_NAME, Merit, stage_run, validation_data
 from lipseg.data.helen import load_split
 from lipseg.data.rejects import reject_rows, report_rejects, require_usable
 from lipseg.evaluation.overlays import overlay_grid
+from lipseg.evaluation.plots import segmenter_f1_csv
+from lipseg.inference.photo_pyfunc import photo_model_package
 from lipseg.inference.predictor import LipPredictor
 from lipseg.segmentation.compare import (
     LANDMARKS,
@@ -35,6 +37,7 @@ from lipseg.segmentation.nets import ARCHITECTURES
 from lipseg.segmentation.runner import SegmenterRunner
 
 REPORT_DIR = paths.REPORTS / "evaluate_segmenters"
+F1_CSV = paths.REPORTS / "evaluate_segmenters_f1.csv"  # for `dvc plots`: kept in git
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ def main() -> None:
             "mask_step_threads": params.threads,
         }
         write_json_atomic(paths.SEGMENTER_METRICS, metrics)
+        write_text_atomic(F1_CSV, segmenter_f1_csv(summaries))
         write_json_atomic(
             paths.BEST_SEGMENTER,
             {
@@ -161,11 +165,33 @@ def main() -> None:
         run.log_artifact(paths.SEGMENTER_METRICS)
         run.log_artifact(REPORT_DIR / "models.png")
         run.log_artifact(REPORT_DIR / "comparison.md")
+        register_photo_model(run, params, best_arch, val, sorted(val_names))
     print(table)
     print(
         f"evaluate_segmenters: best segmenter on the {len(val_records)} validation photos: {best_arch} "
         f"(lips F1 {val[best_arch]['f1_lips']:.3f}, landmark polygons {val[LANDMARKS]['f1_lips']:.3f}); "
         f"{comparison.no_face} of {metrics['test_images']} test photos without a face"
+    )
+
+
+def register_photo_model(run, params: EvaluateSegmentersParams, best_arch: str, val: dict, val_names: list) -> None:
+    """Register the photo-level model `lipseg` (photos in, lips and masks out): the TCNN and the best
+    segmenter, predicting with the detector and flip settings measured here, its masks from the segmenter
+    only when it beat the landmark polygons (as `lipseg predict --mask-source auto`). It is judged on the
+    validation photos' lips F1 of the masks it gives, higher is better."""
+    use_segmenter = val[best_arch]["f1_lips"] > val[LANDMARKS]["f1_lips"]
+    config = {
+        "detector": params.detector,
+        "upsample": params.detector_upsample,
+        "flip_tta": params.locator_flip_tta,
+        "mask_source": "segmenter" if use_segmenter else "landmarks",
+        "segmenter_flip_tta": params.flip_tta,
+    }
+    figure = val[best_arch if use_segmenter else LANDMARKS]["f1_lips"]
+    run.register(
+        PHOTO_MODEL_NAME,
+        lambda staging: photo_model_package(paths.TCNN_MODEL, paths.segmenter_model(best_arch), staging, config),
+        Merit("val.f1_lips", figure, higher_is_better=True, data=validation_data(val_names)),
     )
 
 

@@ -19,7 +19,7 @@ from lipseg.core.params import ParamsError, Section, load_params, param, run_sta
 from lipseg.core.tracking import stage_run
 from lipseg.data.crops import CropSet
 from lipseg.evaluation.overlays import overlay_grid
-from lipseg.evaluation.plots import bic_curve
+from lipseg.evaluation.plots import bic_csv, bic_curve
 from lipseg.tcnn.gmm import GMMConfig, assign, assign_by_source, fit_gmm, save_gmm
 
 REPORT_DIR = paths.REPORTS / "fit_gmm"
@@ -100,9 +100,7 @@ def main() -> None:
                     "selection": "bic" if params.k == "auto" else "fixed",
                 },
             )
-            write_text_atomic(
-                BIC_CSV, "k,bic,aic\n" + "".join(f"{row['k']},{row['bic']:.3f},{row['aic']:.3f}\n" for row in table)
-            )
+            write_text_atomic(BIC_CSV, bic_csv(table))
         run.log_metrics(
             {"k": mixture.n_components, **{f"cluster_{i}_size": size for i, size in enumerate(sizes)}}, to_parent=True
         )

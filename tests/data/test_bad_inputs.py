@@ -483,7 +483,9 @@ def test_unreadable_and_header_only_files(tmp_path: Path, face: np.ndarray) -> N
     data = bytearray(encoded(".bmp", face))
     data[18:22] = (0).to_bytes(4, "little")
     zero.write_bytes(bytes(data))
-    with pytest.raises(ImageError, match="^image cannot be decoded: the BMP header declares a 0 x 128 image$"):
+    with pytest.raises(
+        ImageError, match=r"^image cannot be decoded: corrupt BMP header \(no pixel mode, or a width or height of 0\)$"
+    ):
         read_image(zero)
 
 

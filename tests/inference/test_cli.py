@@ -14,6 +14,15 @@ from lipseg.inference.cli import main
 from lipseg.inference.outputs import OutsideOutError, collect_inputs, predict_image_file, safe_output
 
 
+def labels(path: Path) -> np.ndarray:
+    """The label values of a palette PNG as `lipseg predict` writes it by default (its palette indices)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.mode == "P", f"{path.name} is {image.mode}, not a palette PNG"
+        return np.asarray(image)
+
+
 @pytest.fixture
 def photo_folder(tmp_path: Path, synthetic_dir: Path) -> Path:
     """Synthetic photos (upscaled so dlib's HOG finds the faces), a nested one, a blank one and a broken one."""
@@ -43,12 +52,12 @@ def test_predict_writes_json_mask_overlay_and_reports_failures(
     assert (out / "nested").is_dir()
     blank = json.loads((out / "blank.json").read_text())
     assert blank["faces"] == []
-    assert cv2.imread(str(out / "blank.png"), cv2.IMREAD_UNCHANGED).max() == 0
+    assert labels(out / "blank.png").max() == 0
     with_faces = [json.loads(p.read_text()) for p in jsons if p.name != "blank.json"]
     assert sum(len(payload["faces"]) for payload in with_faces) >= 2
     for path in jsons:
         payload = json.loads(path.read_text())
-        mask = cv2.imread(str(path.with_suffix(".png")), cv2.IMREAD_UNCHANGED)
+        mask = labels(path.with_suffix(".png"))
         assert mask.ndim == 2 and mask.dtype == np.uint8 and mask.max() <= 3
         assert (mask.shape[1], mask.shape[0]) == tuple(payload["image_size"])
         for face in payload["faces"]:
@@ -57,6 +66,77 @@ def test_predict_writes_json_mask_overlay_and_reports_failures(
             assert {"detect", "mouth", "crop", "tcnn", "mask"} <= set(payload["timings_ms"])
         if payload["faces"]:
             assert mask.max() > 0 and (out / f"{path.relative_to(out).with_suffix('')}_overlay.jpg").is_file()
+
+
+def test_label_pngs_carry_the_overlay_palette_and_png_grey_is_what_opencv_reads(
+    photo_folder: Path, tmp_path: Path, tiny_model_folder: Path
+) -> None:
+    from PIL import Image
+
+    from lipseg.evaluation.outputs import read_prediction
+    from lipseg.evaluation.overlays import CLASS_COLOURS
+
+    photos = sorted(path for path in photo_folder.glob("*.jpg") if path.stem != "broken")
+    palette, grey = tmp_path / "palette", tmp_path / "grey"
+    assert main(predict_args(photos, palette, tiny_model_folder, "--no-overlay")) == 0
+    assert main(predict_args(photos, grey, tiny_model_folder, "--no-overlay", "--format", "png-grey")) == 0
+    for photo in photos:
+        name = f"{photo.stem}.png"
+        indexed = labels(palette / name)
+        single = cv2.imread(str(grey / name), cv2.IMREAD_UNCHANGED)
+        assert single.ndim == 2 and single.dtype == np.uint8
+        np.testing.assert_array_equal(indexed, single)  # the same values 0..3, only the encoding differs
+        assert indexed.max() > 0 and set(np.unique(indexed)) <= {0, 1, 2, 3}
+        with Image.open(palette / name) as image:
+            colours = np.array(image.getpalette()[:12]).reshape(4, 3)
+        assert colours[0].tolist() == [0, 0, 0]
+        assert [colours[label].tolist() for label in (1, 2, 3)] == [
+            list(CLASS_COLOURS[label][::-1]) for label in (1, 2, 3)
+        ]
+        # why png-grey exists: OpenCV turns a palette PNG into a colour picture, which lipeval refuses
+        assert cv2.imread(str(palette / name), cv2.IMREAD_UNCHANGED).ndim == 3
+        # the project's own scorer reads both
+        for folder in (palette, grey):
+            np.testing.assert_array_equal(read_prediction(folder, photo.stem, "png"), single)
+
+
+def test_lipeval_takes_png_grey_and_refuses_the_palette_png(tmp_path: Path, synthetic_dir: Path, lipeval) -> None:
+    """The official scorer on label masks of the ground-truth lips, written as predict writes them."""
+    import subprocess
+    import sys
+
+    from lipseg.data.landmarks import HELEN_LIPS
+    from lipseg.evaluation.masks import label_mask_from_faces
+    from lipseg.inference.outputs import label_png
+
+    records = load_split(synthetic_dir, "test")[0][:3]
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"{record.name}\n" for record in records))
+    reports = {}
+    for variant, palette in (("png-grey", False), ("png", True)):
+        folder = tmp_path / variant
+        folder.mkdir()
+        for record in records:
+            height, width = cv2.imread(str(record.image_path)).shape[:2]
+            mask = label_mask_from_faces([record.points[HELEN_LIPS]], height, width)
+            (folder / f"{record.name}.png").write_bytes(label_png(mask, palette))
+        report = tmp_path / f"{variant}.json"
+        command = [
+            sys.executable,
+            lipeval.__file__,
+            "--gt",
+            str(synthetic_dir),
+            "--split",
+            "test",
+            "--pred",
+            str(folder),
+        ]
+        subprocess.run([*command, "--names", str(names), "--json", str(report), "--quiet"], check=True)
+        reports[variant] = json.loads(report.read_text())
+    assert reports["png-grey"]["counts"]["ok"] == len(records)
+    assert reports["png-grey"]["pooled"]["lips"]["f1"] == 1.0
+    assert reports["png"]["counts"]["malformed"] == len(records)
+    assert "colour PNG" in json.dumps(reports["png"]["problems"])
 
 
 def test_cascade_mouth_source_runs(photo_folder: Path, tmp_path: Path, tiny_model_folder: Path) -> None:
@@ -261,7 +341,7 @@ def test_mask_source_segmenter_labels_the_crops_and_keeps_the_landmarks(
     expected = SegmenterRunner(segmenter_folder, flip_average=False).label_mask(
         image, [np.array(face["lips"], np.float32) for face in result["faces"]]
     )
-    written = cv2.imread(str(out / f"{photo.stem}.png"), cv2.IMREAD_UNCHANGED)
+    written = labels(out / f"{photo.stem}.png")
     assert (
         written.shape == image.shape[:2] and (written == expected).mean() > 0.999
     )  # lips rounded to 3 decimals in the JSON
@@ -342,7 +422,7 @@ def test_worker_processes_write_what_one_process_writes(
     assert files == sorted(path.relative_to(outputs[2]) for path in outputs[2].rglob("*") if path.is_file())
     for name in files:
         if name.suffix == ".png":
-            single, pooled = (cv2.imread(str(outputs[jobs] / name), cv2.IMREAD_UNCHANGED) for jobs in (1, 2))
+            single, pooled = (labels(outputs[jobs] / name) for jobs in (1, 2))
             np.testing.assert_array_equal(single, pooled)
         elif name.suffix == ".json":
             single, pooled = (json.loads((outputs[jobs] / name).read_text()) for jobs in (1, 2))
@@ -418,8 +498,14 @@ def test_option_values_are_checked_by_the_parser(
     assert not Path("out").exists()
 
 
+@pytest.mark.parametrize("mask_format", ["png", "coco"])
 def test_ctrl_c_prints_what_was_done_and_exits_130(
-    photo_folder: Path, tmp_path: Path, tiny_model_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    mask_format: str,
+    photo_folder: Path,
+    tmp_path: Path,
+    tiny_model_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
 ) -> None:
     import lipseg.inference.cli as cli
 
@@ -433,12 +519,15 @@ def test_ctrl_c_prints_what_was_done_and_exits_130(
 
     monkeypatch.setattr(cli, "predict_image_file", interrupted_after_two)
     out = tmp_path / "out"
-    assert main(predict_args([photo_folder], out, tiny_model_folder, "--jobs", "1")) == 130
+    assert main(predict_args([photo_folder], out, tiny_model_folder, "--jobs", "1", "--format", mask_format)) == 130
     stderr = capsys.readouterr().err
     summary = re.search(r"lipseg: interrupted; done before that: (\d+) images, .* (\d+) failed;", stderr)
     assert summary and "Traceback" not in stderr
     images, failed = map(int, summary.groups())
-    assert images + failed == 2 and len(list(out.rglob("*.json"))) == images and not list(out.rglob(".*.tmp"))
+    photo_jsons = [path for path in out.rglob("*.json") if path != out / "annotations.json"]
+    assert images + failed == 2 and len(photo_jsons) == images and not list(out.rglob(".*.tmp"))
+    if mask_format == "coco":  # the photos done are listed, as their JSON files are there
+        assert len(json.loads((out / "annotations.json").read_text())["images"]) == images
 
 
 @pytest.mark.slow

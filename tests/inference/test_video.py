@@ -149,7 +149,7 @@ def test_a_frame_size_the_writer_cannot_encode_fails_that_video(
     out = tmp_path / "out"
     assert main(video_args(wide, out, tiny_model_folder)) == 1
     stderr = capsys.readouterr().err
-    assert "wide9000.avi: the mp4v video writer cannot encode 9000 x 400 frames" in stderr
+    assert "wide9000.avi: no video writer (H.264 or mp4v) can encode 9000 x 400 frames" in stderr
     assert "-> wide9000_annotated.mp4" not in stderr and sorted(out.iterdir()) == []
 
 
@@ -192,3 +192,71 @@ def test_container_frame_rates_that_would_break_the_smoothing_fall_back(monkeypa
     for claimed, used in ((0.0, 25.0), (math.nan, 25.0), (math.inf, 25.0), (1e9, 25.0), (29.97, 29.97)):
         Capture.fps = claimed
         assert video.video_info(Path("x.mp4")) == (used, 0, 64, 64)
+
+
+def written_fourcc(path: Path) -> str:
+    """The sample entry of the MP4's video track (its stsd box): avc1 for H.264, mp4v for MPEG-4 Part 2.
+    OpenCV's CAP_PROP_FOURCC names the decoder instead (FMP4 for mp4v)."""
+    data = path.read_bytes()
+    stsd = data.index(b"stsd")
+    return data[stsd + 16 : stsd + 20].decode("ascii", "replace")  # after size, version/flags, count, size
+
+
+def build_has_h264(tmp_path: Path) -> bool:
+    from lipseg.inference.video import _quiet_stderr
+
+    with _quiet_stderr():
+        writer = cv2.VideoWriter(str(tmp_path / "probe.mp4"), cv2.VideoWriter_fourcc(*"avc1"), 25.0, (64, 48))
+    opened = writer.isOpened()
+    writer.release()
+    return opened
+
+
+def test_video_is_h264_where_the_build_has_it_else_mp4v_with_one_warning(
+    face_video: Path, tmp_path: Path, tiny_model_folder: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    from lipseg.inference import video
+
+    monkeypatch.setattr(video, "_warned_no_h264", False)
+    h264 = build_has_h264(tmp_path)
+    second = tmp_path / "second.mp4"
+    second.write_bytes(face_video.read_bytes())
+    out = tmp_path / "out"
+    assert main(video_args(face_video, out, tiny_model_folder, "--redetect-every", "5")) == 0
+    assert main(video_args(second, out, tiny_model_folder, "--redetect-every", "5")) == 0
+    stderr = capsys.readouterr().err
+    assert stderr.count(video.NO_H264_WARNING) == (0 if h264 else 1)  # once per run, not per video
+    assert "cap_ffmpeg" not in stderr and "avc1" not in stderr  # the failed tries are silenced
+    for name in ("clip_annotated.mp4", "second_annotated.mp4"):
+        assert written_fourcc(out / name) == ("avc1" if h264 else "mp4v")
+        capture = cv2.VideoCapture(str(out / name))
+        assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 24
+        capture.release()
+
+
+@pytest.mark.parametrize("accepted", ["avc1", "H264"])
+def test_an_h264_build_gets_h264_and_no_warning(
+    accepted: str, face_video: Path, tmp_path: Path, tiny_model_folder: Path, monkeypatch, capsys
+) -> None:
+    """A build whose encoder opens for `accepted` (simulated: that fourcc is written with mp4v here)."""
+    from lipseg.inference import video
+
+    asked = []
+    real_writer, mp4v = cv2.VideoWriter, cv2.VideoWriter_fourcc(*"mp4v")
+
+    def writer(path: str, fourcc: int, fps: float, size: tuple[int, int]):
+        name = fourcc.to_bytes(4, "little").decode()
+        asked.append(name)
+        if name == accepted:
+            return real_writer(path, mp4v, fps, size)
+        return real_writer(path, fourcc, fps, size) if name == "mp4v" else real_writer()
+
+    monkeypatch.setattr(video, "_warned_no_h264", False)
+    monkeypatch.setattr(video.cv2, "VideoWriter", writer)
+    opened, fourcc = video.open_video_writer(tmp_path / "direct.mp4", 25.0, (64, 48))
+    opened.release()
+    assert fourcc == accepted and asked == ["avc1", "H264"][: 1 + (accepted == "H264")]
+    out = tmp_path / "out"
+    assert main(video_args(face_video, out, tiny_model_folder)) == 0
+    assert video.NO_H264_WARNING not in capsys.readouterr().err
+    assert (out / "clip_annotated.mp4").is_file() and "mp4v" not in asked

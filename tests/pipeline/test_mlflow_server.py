@@ -5,7 +5,7 @@ not made for).
 
 Everything is checked through the server's REST API, as a teammate's client would see it, plus the
 PostgreSQL tables and the artifacts folder behind it. PostgreSQL's server binaries and psycopg2 are
-required: CI installs them (`.ci/ensure_postgres`, requirements.lock), so their absence fails the tests
+required: CI installs them (`.ci/ensure_system`, requirements.lock), so their absence fails the tests
 instead of skipping them."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def postgres_bin_dir() -> Path:
         return candidates[-1].parent
     pytest.fail(
         "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH or in /usr/lib/postgresql/*/bin: "
-        "run .ci/ensure_postgres (as root it apt-get installs Debian's `postgresql`)",
+        "run .ci/ensure_system (as root it apt-get installs Debian's `postgresql`)",
         pytrace=False,
     )
 
@@ -85,7 +85,7 @@ def require_psycopg2() -> Any:
     except ImportError as error:
         pytest.fail(
             f"psycopg2 is missing ({error}): the MLflow server needs it for its PostgreSQL store; "
-            "install the pinned tree: pip install -c requirements.lock -e '.[test]'",
+            "install the locked tree: make install (pip install --require-hashes -r requirements.lock)",
             pytrace=False,
         )
     return psycopg2
@@ -450,7 +450,12 @@ def test_pipeline_registers_the_model_and_stores_artifacts_behind_the_server(
     versions = mlflow_server.api("model-versions/search", {"filter": f"name = '{MODEL_NAME}'"})["model_versions"]
     assert [version["version"] for version in versions] == ["1"]
     assert versions[0]["status"] == "READY"
-    assert {alias["alias"]: alias["version"] for alias in model.get("aliases", [])} == {"champion": "1"}
+    # The first version is both the challenger and, with no champion before it, the champion.
+    assert {alias["alias"]: alias["version"] for alias in model.get("aliases", [])} == {
+        "champion": "1",
+        "challenger": "1",
+    }
+    assert {tag["key"]: tag["value"] for tag in versions[0]["tags"]}["lipseg.promotion"].startswith("promoted")
     evaluate = next(
         run
         for run in mlflow_server.search_runs(f"tags.`{STAGE_TAG}` = 'evaluate'")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lipseg.core.scratch import dvc_repro, make_scratch_repo, run_checked, set_params
 from lipseg.segmentation.nets import ARCHITECTURES
@@ -105,8 +106,7 @@ def test_full_run_then_incremental_reruns(pipeline_repo: tuple[Path, dict[str, s
         parents = {run for run, kind in kinds.items() if kind == "pipeline"}
         stage_of = dict(db.execute("select run_uuid, value from tags where key = 'lipseg.stage'").fetchall())
         parent_of = dict(db.execute("select run_uuid, value from tags where key = 'mlflow.parentRunId'").fetchall())
-        versions = db.execute("select version from model_versions where name = 'lipseg-tcnn'").fetchall()
-        aliases = db.execute("select alias from registered_model_aliases where name = 'lipseg-tcnn'").fetchall()
+        registry = {name: registered(db, name) for name in ("lipseg-tcnn", "lipseg")}
     assert len(parents) == 5
     stage_runs = [run for run, stage in stage_of.items() if parent_of.get(run) in parents]
     assert sorted(stage_of[run] for run in stage_runs) == sorted(
@@ -116,7 +116,40 @@ def test_full_run_then_incremental_reruns(pipeline_repo: tuple[Path, dict[str, s
         + ["train_segmenter@pspnet", "evaluate_segmenters"]
         + ALL[2:]
     )
-    assert len(versions) == 4 and aliases == [("champion",)]
+    # Every evaluate registers lipseg-tcnn, every evaluate_segmenters the photo model lipseg; the newest
+    # version is the challenger, and the champion is the first version with the best validation figure.
+    for name, count in (("lipseg-tcnn", 4), ("lipseg", 5)):
+        merits, aliases, decisions = registry[name]
+        assert sorted(merits) == list(range(1, count + 1)) and len(decisions) == count, name
+        assert aliases["challenger"] == count
+        best = max(merits.values())
+        assert aliases["champion"] == min(version for version, value in merits.items() if value == best), name
+    # Lineage: each stage's latest run names its data by the very md5 DVC recorded in its deps.
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        logged = db.execute(
+            "select t.value, d.name, d.digest, r.start_time from datasets d join inputs i on i.source_id = "
+            "d.dataset_uuid join tags t on t.run_uuid = i.destination_id and t.key = 'lipseg.stage' "
+            "join runs r on r.run_uuid = i.destination_id"
+        ).fetchall()
+    latest = {}
+    for stage, name, digest, _ in sorted(logged, key=lambda row: row[3]):
+        latest.setdefault(stage, {})[name] = digest
+    assert {"train_base", "finetune_heads", "evaluate", *SEGMENTERS} <= set(latest)
+    for stage, inputs in latest.items():
+        recorded = {
+            dep["path"]: dep["md5"] for dep in lock[stage]["deps"] if not dep["path"].startswith(("src/", "stages/"))
+        }
+        assert inputs == recorded, stage
+
+
+def registered(db: sqlite3.Connection, name: str) -> tuple[dict[int, float], dict[str, int], list[str]]:
+    """({version: validation figure}, {alias: version}, promotion decisions) of one registered model."""
+    tags = db.execute("select version, key, value from model_version_tags where name = ?", (name,)).fetchall()
+    merits = {int(version): json.loads(value)["value"] for version, key, value in tags if key == "lipseg.merit"}
+    decisions = [value for _, key, value in tags if key == "lipseg.promotion"]
+    aliases = dict(db.execute("select alias, version from registered_model_aliases where name = ?", (name,)))
+    return merits, {alias: int(version) for alias, version in aliases.items()}, decisions
 
 
 @pytest.mark.slow

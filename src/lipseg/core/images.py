@@ -1,15 +1,18 @@
 """The one image reader: every photo, label mask and `lipseg predict` input is read by `read_image`.
 
-A file is refused with a named `ImageError` instead of returning None or crashing: the size the header
-declares is checked against a pixel limit before anything is decoded, so a decompression bomb costs a
-header read, and a JPEG or PNG cut short is refused rather than decoded with grey rows.
+A file is refused with a named `ImageError` instead of returning None or crashing: Pillow reads the
+header lazily, the size it declares is checked against a pixel limit before anything is decoded, so a
+decompression bomb costs a header read, and a JPEG or PNG cut short is refused rather than decoded with
+grey rows. OpenCV decodes what passes, into the BGR arrays the rest of lipseg works on.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +37,7 @@ IMAGE_SUFFIXES = (
     *(".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"),
     *(".ppm", ".pgm", ".pbm", ".pnm", ".pam"),
 )
+_PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")  # Pillow's names for those formats
 
 
 class ImageError(ValueError):
@@ -44,175 +48,72 @@ class ImageError(ValueError):
         self.kind = kind
 
 
+def _pam_size(handle: BinaryIO) -> tuple[int, int]:
+    """(width, height) of a PAM (P7) header, which OpenCV decodes and Pillow does not read."""
+    # As OpenCV reads it: a comment runs from '#' to the end of its line.
+    tokens = re.sub(rb"#[^\r\n]*", b" ", handle.read(4096).split(b"ENDHDR")[0]).split()
+    try:
+        width, height = int(tokens[tokens.index(b"WIDTH") + 1]), int(tokens[tokens.index(b"HEIGHT") + 1])
+        if width > 0 and height > 0:
+            return width, height
+    except (IndexError, ValueError):
+        pass
+    raise ImageError(IMAGE_UNDECODABLE, "corrupt PAM (no width and height in the header)")
+
+
+def _open_lazily(handle: BinaryIO):
+    """The file parsed by Pillow's own header reader for its format, nothing decoded, or None for a PAM.
+
+    The reader is called directly rather than through Image.open, whose decompression-bomb guard is a
+    process-wide constant (a warning from 89 MP, an error from 179 MP) that would refuse photos a raised
+    crop.max_pixels allows and would not say their size: the caller's limit takes its place, applied
+    to the same header size."""
+    # Importing a plugin registers its reader in Image.OPEN; these seven load faster than Image.init()'s all.
+    from PIL import (  # noqa: F401
+        BmpImagePlugin,
+        GifImagePlugin,
+        Image,
+        JpegImagePlugin,
+        PngImagePlugin,
+        PpmImagePlugin,
+        TiffImagePlugin,
+        WebPImagePlugin,
+    )
+
+    prefix = handle.read(16)
+    handle.seek(0)
+    if prefix.startswith(b"P7"):
+        return None
+    name = next((name for name in _PILLOW_FORMATS if Image.OPEN[name][1](prefix) is True), None)
+    if name is None:
+        raise ImageError(IMAGE_UNDECODABLE, f"unrecognised format (expected {SUPPORTED_FORMATS})")
+    try:
+        return Image.OPEN[name][0](handle, "")
+    except Image.DecompressionBombError as error:  # a GIF frame beyond its screen: only Pillow's guard sees it
+        raise ImageError(IMAGE_TOO_LARGE, f"the {name} header: {error}") from None
+    except (SyntaxError, OSError, ValueError) as error:  # Pillow's ways of saying a header is bad
+        if not handle.read(1):  # it read to the end of the file and wanted more
+            raise ImageError(IMAGE_TRUNCATED, "the file ends inside its header") from None
+        # Pillow's words for a header without a pixel mode or with a width or height of 0
+        detail = "no pixel mode, or a width or height of 0" if str(error) == "not identified by this driver" else error
+        raise ImageError(IMAGE_UNDECODABLE, f"corrupt {name} header ({detail})") from None
+
+
 @dataclass(frozen=True)
 class ImageHeader:
-    format: str  # "JPEG", "PNG", ...
+    format: str  # "JPEG", "PNG", ... (Pillow's names; "PAM")
     width: int
     height: int
-    scan_offset: int = 0  # JPEG: where the first scan starts (the end-of-image marker must follow it)
+    scan_offset: int = 0  # JPEG: where Pillow's segment walk met the first scan (the end marker must follow)
 
 
-class _ShortHeader(Exception):
-    """The file ends inside its header."""
-
-
-def _read_exact(handle: BinaryIO, count: int) -> bytes:
-    data = handle.read(count)
-    if len(data) < count:
-        raise _ShortHeader
-    return data
-
-
-# JPEG start-of-frame markers (C4 = DHT, C8 = reserved, CC = DAC are not frames).
-_JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-
-
-def _next_jpeg_marker(handle: BinaryIO) -> int:
-    """The next marker as libjpeg's next_marker finds it: stray bytes and stuffed FF 00 pairs between
-    segments are skipped, FF fill bytes too. Reading it any other way would let a file show us one frame
-    header and the decoder another."""
-    while True:
-        while _read_exact(handle, 1) != b"\xff":
-            pass
-        marker = _read_exact(handle, 1)[0]
-        while marker == 0xFF:
-            marker = _read_exact(handle, 1)[0]
-        if marker != 0x00:
-            return marker
-
-
-def _jpeg_header(handle: BinaryIO) -> ImageHeader:
-    """Walk the marker segments by their lengths (so an EXIF thumbnail's own markers are skipped) to the
-    first frame header for the size (the one libjpeg uses; it refuses a second), and on to the first scan."""
-    handle.seek(2)
-    size: tuple[int, int] | None = None
-    while True:
-        marker = _next_jpeg_marker(handle)
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            continue
-        if marker == 0xD9:
-            raise ImageError(IMAGE_UNDECODABLE, "corrupt JPEG (end of image before any scan)")
-        length = int.from_bytes(_read_exact(handle, 2), "big")
-        if length < 2:
-            raise ImageError(IMAGE_UNDECODABLE, "corrupt JPEG (bad segment length)")
-        if marker == 0xDA:
-            if size is None:
-                raise ImageError(IMAGE_UNDECODABLE, "corrupt JPEG (no frame header before the scan)")
-            return ImageHeader("JPEG", *size, scan_offset=handle.tell() - 4)
-        segment = _read_exact(handle, length - 2)
-        if marker in _JPEG_FRAMES and size is None:
-            size = int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[1:3], "big")
-
-
-def _png_header(handle: BinaryIO) -> ImageHeader:
-    chunk = _read_exact(handle, 24)
-    if chunk[12:16] != b"IHDR":
-        raise ImageError(IMAGE_UNDECODABLE, "corrupt PNG (no IHDR chunk first)")
-    return ImageHeader("PNG", int.from_bytes(chunk[16:20], "big"), int.from_bytes(chunk[20:24], "big"))
-
-
-def _bmp_header(handle: BinaryIO) -> ImageHeader:
-    header = _read_exact(handle, 26)
-    if int.from_bytes(header[14:18], "little") == 12:  # OS/2 core header: 16-bit sizes
-        return ImageHeader("BMP", int.from_bytes(header[18:20], "little"), int.from_bytes(header[20:22], "little"))
-    # A negative height means top-down rows.
-    width = int.from_bytes(header[18:22], "little", signed=True)
-    height = int.from_bytes(header[22:26], "little", signed=True)
-    return ImageHeader("BMP", abs(width), abs(height))
-
-
-def _gif_header(handle: BinaryIO) -> ImageHeader:
-    head = _read_exact(handle, 10)
-    return ImageHeader("GIF", int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little"))
-
-
-def _tiff_header(handle: BinaryIO) -> ImageHeader:
-    head = _read_exact(handle, 8)
-    order = "little" if head[:2] == b"II" else "big"
-    if int.from_bytes(head[2:4], order) != 42:
-        raise ImageError(IMAGE_UNDECODABLE, "BigTIFF is not supported")
-    handle.seek(int.from_bytes(head[4:8], order))
-    count = int.from_bytes(_read_exact(handle, 2), order)
-    entries = _read_exact(handle, 12 * min(count, 4096))
-    found: dict[int, int] = {}
-    for start in range(0, len(entries), 12):
-        tag, kind = (
-            int.from_bytes(entries[start : start + 2], order),
-            int.from_bytes(entries[start + 2 : start + 4], order),
-        )
-        if tag not in (256, 257):
-            continue
-        # ImageWidth / ImageLength: anything but one SHORT or LONG entry each is ambiguous (libtiff reads
-        # other integer types and keeps the first of two), so it is refused rather than guessed.
-        if kind not in (3, 4) or tag in found:
-            raise ImageError(IMAGE_UNDECODABLE, "TIFF with a repeated or non-SHORT/LONG image width or length")
-        found[tag] = int.from_bytes(entries[start + 8 : start + (10 if kind == 3 else 12)], order)
-    if 256 not in found or 257 not in found:
-        raise ImageError(IMAGE_UNDECODABLE, "corrupt TIFF (no image width and length in the first directory)")
-    return ImageHeader("TIFF", found[256], found[257])
-
-
-def _webp_header(handle: BinaryIO) -> ImageHeader:
-    head = _read_exact(handle, 30)
-    chunk, payload = head[12:16], head[20:]
-    if chunk == b"VP8 " and payload[3:6] == b"\x9d\x01\x2a":
-        return ImageHeader(
-            "WebP", int.from_bytes(payload[6:8], "little") & 0x3FFF, int.from_bytes(payload[8:10], "little") & 0x3FFF
-        )
-    if chunk == b"VP8L" and payload[0] == 0x2F:
-        bits = int.from_bytes(payload[1:5], "little")
-        return ImageHeader("WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
-    if chunk == b"VP8X":
-        return ImageHeader(
-            "WebP", int.from_bytes(payload[4:7], "little") + 1, int.from_bytes(payload[7:10], "little") + 1
-        )
-    raise ImageError(IMAGE_UNDECODABLE, "corrupt WebP (unknown first chunk)")
-
-
-def _pnm_header(handle: BinaryIO) -> ImageHeader:
-    # As OpenCV reads it: a comment runs from '#' to CR or LF only, tokens split on ASCII whitespace only.
-    tokens = re.sub(rb"#[^\r\n]*", b" ", handle.read(4096)).split()
-    try:
-        if tokens[0] == b"P7":  # PAM: WIDTH / HEIGHT lines
-            return ImageHeader("PNM", int(tokens[tokens.index(b"WIDTH") + 1]), int(tokens[tokens.index(b"HEIGHT") + 1]))
-        return ImageHeader("PNM", int(tokens[1]), int(tokens[2]))
-    except (IndexError, ValueError):
-        raise ImageError(IMAGE_UNDECODABLE, "corrupt PNM (no width and height in the header)") from None
-
-
-def _header_reader(signature: bytes):
-    if signature.startswith(b"\xff\xd8"):
-        return _jpeg_header
-    if signature.startswith(b"\x89PNG\r\n\x1a\n"):
-        return _png_header
-    if signature.startswith(b"BM"):
-        return _bmp_header
-    if signature.startswith((b"GIF87a", b"GIF89a")):
-        return _gif_header
-    if signature.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
-        return _tiff_header
-    if signature.startswith(b"RIFF") and signature[8:12] == b"WEBP":
-        return _webp_header
-    if len(signature) >= 2 and signature[0:1] == b"P" and signature[1:2] in b"1234567":
-        return _pnm_header
-    return None
-
-
-def read_image_header(handle: BinaryIO) -> ImageHeader:
-    """Format and declared size of the image in an open file, from its header only (nothing decoded)."""
-    reader = _header_reader(handle.read(12))
-    if reader is None:
-        raise ImageError(IMAGE_UNDECODABLE, f"unrecognised format (expected {SUPPORTED_FORMATS})")
-    handle.seek(0)
-    try:
-        header = reader(handle)
-    except _ShortHeader:
-        raise ImageError(IMAGE_TRUNCATED, "the file ends inside its header") from None
-    if header.width <= 0 or header.height <= 0:
-        raise ImageError(
-            IMAGE_UNDECODABLE, f"the {header.format} header declares a {header.width} x {header.height} image"
-        )
-    return header
+def _read_header(handle: BinaryIO) -> ImageHeader:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notes on odd EXIF or TIFF tags: the size is what counts
+        picture = _open_lazily(handle)
+    if picture is None:
+        return ImageHeader("PAM", *_pam_size(handle))
+    return ImageHeader(picture.format, *picture.size, scan_offset=handle.tell() if picture.format == "JPEG" else 0)
 
 
 def _checked_header(path: Path, max_pixels: int | None) -> tuple[ImageHeader, int]:
@@ -233,7 +134,7 @@ def _checked_header(path: Path, max_pixels: int | None) -> tuple[ImageHeader, in
                 f"{max_pixels} pixels can need ({PIXEL_LIMIT_SETTINGS})",
             )
         with Path(path).open("rb") as handle:
-            header = read_image_header(handle)
+            header = _read_header(handle)
     except OSError as error:
         raise ImageError(IMAGE_UNREADABLE, error.strerror or str(error)) from None
     if max_pixels is not None:
@@ -259,25 +160,19 @@ def image_size(path: Path) -> tuple[int, int]:
     return header.height, header.width
 
 
-def _png_complete(data: bytes) -> bool:
-    """True when the chunks, walked by their lengths, reach IEND inside the file."""
-    position = 8
-    while position + 8 <= len(data):
-        length = int.from_bytes(data[position : position + 4], "big")
-        if data[position + 4 : position + 8] == b"IEND":
-            return True
-        position += 12 + length
-    return False
-
-
 def _check_complete(header: ImageHeader, data: bytes) -> None:
     # OpenCV builds differ: some decode a cut JPEG with the missing rows grey and only warn. A JPEG must
-    # have an end-of-image marker after its first scan (0xFF inside scan data is always escaped), and a
-    # PNG its IEND chunk.
+    # have an end-of-image marker after its first scan (0xFF inside scan data is always escaped; Pillow
+    # walked the segments by their lengths, past any EXIF thumbnail and its own end marker), and a PNG
+    # its chunks, whose checksums Pillow walks to IEND without inflating the pixels.
     if header.format == "JPEG" and data.find(b"\xff\xd9", header.scan_offset) < 0:
         raise ImageError(IMAGE_TRUNCATED, "the JPEG ends before its end-of-image marker")
-    if header.format == "PNG" and not _png_complete(data):
-        raise ImageError(IMAGE_TRUNCATED, "the PNG ends before its IEND chunk")
+    if header.format == "PNG":
+        try:
+            _open_lazily(io.BytesIO(data)).verify()
+        except (OSError, SyntaxError) as error:  # a bad checksum, say, is OpenCV's to judge, as for every format
+            if "truncated" in str(error).lower():
+                raise ImageError(IMAGE_TRUNCATED, "the PNG ends before its IEND chunk") from None
 
 
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, flags: int | None = None) -> np.ndarray:
@@ -306,8 +201,8 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, flags: int | No
     if image is None:
         raise ImageError(IMAGE_UNDECODABLE, f"corrupt {header.format} data")
     if image.shape[:2] != (header.height, header.width):
-        # Defence in depth: a header our parser reads differently from the decoder must not slip a larger
-        # image past the limit (OpenCV's own cap, 2**30 pixels, bounds what this one decode could cost).
+        # Defence in depth: a header Pillow reads differently from OpenCV must not slip a larger image
+        # past the limit (OpenCV's own cap, 2**30 pixels, bounds what this one decode could cost).
         raise ImageError(
             IMAGE_UNDECODABLE,
             f"the {header.format} header declares {header.width} x {header.height} "
@@ -339,18 +234,16 @@ class ImageMetadata:
 
 def image_metadata(path: Path) -> ImageMetadata:
     """EXIF orientation and page count of an image file that read_image accepted, from its metadata only
-    (Pillow opens files lazily); a file whose metadata cannot be parsed is taken as plain."""
-    import warnings
-
-    from PIL import Image
-
+    (Pillow's header reader, as read_image's); a file whose metadata cannot be parsed is taken as plain."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's own pixel-limit warning: read_image applied ours
-            with Image.open(path) as image:
-                orientation = int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
-                pages = int(getattr(image, "n_frames", 1))
-                format_name = image.format or "image"
+        with Path(path).open("rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd EXIF or TIFF tags
+            picture = _open_lazily(handle)
+            if picture is None:  # PAM: no EXIF, one page
+                return ImageMetadata()
+            orientation = int(picture.getexif().get(EXIF_ORIENTATION_TAG, 1))
+            pages = int(getattr(picture, "n_frames", 1))
+            format_name = picture.format or "image"
     except Exception:  # metadata is optional: a file Pillow cannot parse is taken as plain
         return ImageMetadata()
     return ImageMetadata(orientation if 1 <= orientation <= 8 else 1, max(pages, 1), format_name)

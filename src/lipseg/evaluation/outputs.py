@@ -25,6 +25,12 @@ def read_prediction(folder: Path, name: str, kind: Literal["png", "json"]) -> An
         return None
     if kind == "png":
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if mask is not None and mask.ndim == 3:
+            # OpenCV expands a palette PNG (`lipseg predict`'s default) to colours; its indices are the labels.
+            from PIL import Image
+
+            with Image.open(path) as image:
+                mask = np.asarray(image) if image.mode == "P" else None
         return None if mask is None or mask.ndim != 2 else mask
     try:
         faces = json.loads(path.read_text(encoding="utf-8"))["faces"]

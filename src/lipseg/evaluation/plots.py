@@ -1,4 +1,4 @@
-"""Figures for people: training curves, the BIC curve, CED curves (PNG, for reports and MLflow)."""
+"""Figures for people (PNG: training curves, BIC, CED curves) and the BIC and CED tables `dvc plots` draws."""
 
 from __future__ import annotations
 
@@ -62,3 +62,33 @@ def ced_curves(thresholds: np.ndarray, curves: dict[str, np.ndarray], path: Path
     axis.grid(alpha=0.3)
     axis.legend()
     _save(figure, path)
+
+
+# The CSVs below are what `dvc plots` draws (dvc.yaml's top-level `plots:` names their columns as x and y).
+
+
+def bic_csv(table: Sequence[dict]) -> str:
+    """One row per K tried: k, bic, aic."""
+    return "k,bic,aic\n" + "".join(f"{row['k']},{row['bic']:.3f},{row['aic']:.3f}\n" for row in table)
+
+
+def ced_csv(thresholds: np.ndarray, curves: dict[str, np.ndarray]) -> str:
+    """One row per NME threshold: the fraction of test faces at or below it, one column per model."""
+    header = "threshold," + ",".join(curves) + "\n"
+    rows = (
+        f"{threshold:.4f}," + ",".join(f"{curves[label][index]:.4f}" for label in curves) + "\n"
+        for index, threshold in enumerate(thresholds)
+    )
+    return header + "".join(rows)
+
+
+SEGMENTER_F1_COLUMNS = ("f1_lips", "f1_upper_lip", "f1_lower_lip", "f1_inner_mouth", "f1_mouth")
+
+
+def segmenter_f1_csv(summaries: dict[str, dict]) -> str:
+    """One row per mask source (the landmark polygons and each segmenter): its test F1 per class."""
+    rows = (
+        name + "," + ",".join(f"{summary[column]:.4f}" for column in SEGMENTER_F1_COLUMNS) + "\n"
+        for name, summary in summaries.items()
+    )
+    return "model," + ",".join(SEGMENTER_F1_COLUMNS) + "\n" + "".join(rows)

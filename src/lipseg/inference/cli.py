@@ -12,8 +12,10 @@ from pathlib import Path
 from lipseg import __version__
 from lipseg.core.images import PREDICT_MAX_PIXELS
 from lipseg.core.params import in_range, range_text
+from lipseg.inference.coco import COCO_FILE, write_coco
 from lipseg.inference.models import ModelNotFoundError, resolve_model, segmenter_folder, training_data_warning
 from lipseg.inference.outputs import (
+    MASK_FORMATS,
     OutputClashError,
     Summary,
     check_outputs_clear,
@@ -23,6 +25,7 @@ from lipseg.inference.outputs import (
     predict_video_file,
     printable,
 )
+from lipseg.inference.spark import add_spark_predict
 
 
 class CliError(Exception):
@@ -89,7 +92,7 @@ def _predict_in_worker(items: list) -> Summary:
     for item in items:
         try:
             predict_image_file(
-                item, predictor, Path(args.out), not args.no_overlay, summary, segmenter, args.max_pixels
+                item, predictor, Path(args.out), not args.no_overlay, summary, segmenter, args.max_pixels, args.format
             )
         except (OSError, ValueError) as error:
             summary.failed.append((str(item.path), str(error)))
@@ -105,11 +108,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
         set_threads(args.threads)
     out_dir = Path(args.out)
-    inputs, problems = collect_inputs(args.paths, out_dir)
+    coco = args.format == "coco"
+    # A photo named like the COCO file gets another output stem, as two photos of one name do.
+    inputs, problems = collect_inputs(args.paths, out_dir, [Path(COCO_FILE).with_suffix("")] if coco else [])
     if not inputs and not problems:
         raise CliError("no images or videos found in the given paths")
     try:
-        check_outputs_clear(inputs, args.paths, out_dir)
+        check_outputs_clear(inputs, args.paths, out_dir, [COCO_FILE] if coco else [])
     except OutputClashError as error:
         raise CliError(str(error)) from error
     summary = Summary(failed=list(problems))
@@ -152,7 +157,14 @@ def run_predict(args: argparse.Namespace) -> int:
                     predict_video_file(item, predictor, out_dir, args, summary, segmenter)
                 else:
                     predict_image_file(
-                        item, predictor, out_dir, not args.no_overlay, summary, segmenter, args.max_pixels
+                        item,
+                        predictor,
+                        out_dir,
+                        not args.no_overlay,
+                        summary,
+                        segmenter,
+                        args.max_pixels,
+                        args.format,
                     )
             except (OSError, ValueError) as error:
                 summary.failed.append((str(item.path), str(error)))
@@ -160,9 +172,13 @@ def run_predict(args: argparse.Namespace) -> int:
             progress.update()
     except KeyboardInterrupt:
         progress.close()
+        if args.format == "coco":  # the photos done have their JSON and overlays: list them too
+            write_coco(out_dir / COCO_FILE, summary.coco, __version__)
         summary.print(interrupted=True)
         return INTERRUPTED
     progress.close()
+    if args.format == "coco":
+        write_coco(out_dir / COCO_FILE, summary.coco, __version__)
     summary.print()
     return 1 if summary.failed else 0
 
@@ -255,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="landmarks, label masks and overlays for photos, folders and videos",
         description="For each image: DIR/<stem>.json (faces with boxes, 56 lip points in image pixels in Helen "
         "order, GMM cluster/head, timings), DIR/<stem>.png (labels 0 background, 1 upper lip, "
-        "2 inner mouth, 3 lower lip) and DIR/<stem>_overlay.jpg. For each video: an annotated "
+        "2 inner mouth, 3 lower lip; see --format) and DIR/<stem>_overlay.jpg. For each video: an annotated "
         "DIR/<stem>_annotated.mp4 and DIR/<stem>.jsonl with one line per frame. Exit status 1 "
         "when any file failed (the others are still processed).",
     )
@@ -271,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--model",
         metavar="MODEL",
-        help="model folder or MLflow URI such as models:/lipseg-tcnn@champion "
+        help="model folder or MLflow URI such as models:/lipseg@champion or models:/lipseg-tcnn@champion "
         "(default: the release model that ships with lipseg, trained on Helen)",
     )
     predict.add_argument(
@@ -337,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="average the segmenter's probabilities with those of the mirrored crop: +0.003 lips F1 on the "
         "validation photos (release model) for twice the mask step's time, over its 8 ms budget (default: off)",
     )
+    predict.add_argument(
+        "--format",
+        choices=MASK_FORMATS,
+        default="png",
+        help="how photos' label masks are written: png = DIR/<stem>.png with a colour palette (values 0..3, "
+        "a viewer shows the lip classes in colour); png-grey = the same values as a single-channel grey PNG, "
+        "what OpenCV's IMREAD_UNCHANGED and ../shared/tools/lipeval.py read; coco = no PNGs, one "
+        f"DIR/{COCO_FILE} (COCO instances: per face and lip class, polygons in `segmentation` and the exact "
+        "mask as compressed RLE in `rle`; category ids = label values) (default: png)",
+    )
     predict.add_argument("--no-overlay", action="store_true", help="skip the *_overlay.jpg files")
     predict.add_argument(
         "--threads", type=bounded(int, 0, 1024), default=0, help="CPU threads (default 0: the engine's choice)"
@@ -393,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=output_folder, metavar="DIR", help="output folder")
     export.add_argument("--opset", type=bounded(int, 13, 21), default=17, help="ONNX opset, 13-21 (default: 17)")
     export.set_defaults(handler=run_export)
+    add_spark_predict(commands)  # pyspark itself is imported only when that command runs
     return parser
 
 

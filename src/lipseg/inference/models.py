@@ -20,7 +20,12 @@ class ModelNotFoundError(LookupError):
 
 def download_model_folder(uri: str, cache_dir: Path | None = None) -> Path:
     """The lipseg model folder inside a logged or registered MLflow model (e.g. models:/lipseg-tcnn@champion)."""
-    from lipseg.core.tracking import download_artifacts
+    try:
+        from lipseg.core.tracking import download_artifacts
+    except ModuleNotFoundError as error:  # the base install (lipseg predict) leaves MLflow to the [train] extra
+        raise ModelNotFoundError(
+            f"{uri}: MLflow URIs need MLflow ({error}); install it with: pip install 'lipseg[train]'"
+        ) from error
 
     target = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="lipseg-model-"))
     try:
@@ -28,9 +33,35 @@ def download_model_folder(uri: str, cache_dir: Path | None = None) -> Path:
     except RuntimeError as error:
         raise ModelNotFoundError(str(error)) from error
     folders = sorted(path.parent for path in local.rglob(META_FILE))
-    if not folders:
-        raise ModelNotFoundError(f"{uri} holds no lipseg model folder (no {META_FILE})")
-    return folders[0]
+    # The photo model (models:/lipseg@...) carries a segmenter beside its TCNN: --model means the TCNN.
+    tcnn = [folder for folder in folders if _family(folder) == "tcnn"]
+    if not tcnn:
+        raise ModelNotFoundError(f"{uri} holds no lipseg TCNN model folder (no {META_FILE} of a TCNN)")
+    return tcnn[0]
+
+
+def _family(folder: Path) -> str | None:
+    from lipseg.core.model_meta import ModelFolderError, read_model_meta
+
+    try:
+        return read_model_meta(folder).get("family")
+    except ModelFolderError:
+        return None
+
+
+def carried_segmenter(model: Path | None) -> Path | None:
+    """The segmenter a downloaded photo model carries beside its TCNN (`model`), when the model predicts
+    its masks with it (its MLmodel's mask_source); None for any other model."""
+    if model is None or model.parent.name != "artifacts" or not (model.parent / "segmenter" / META_FILE).is_file():
+        return None
+    import yaml
+
+    try:
+        flavor = yaml.safe_load((model.parent.parent / "MLmodel").read_text(encoding="utf-8"))["flavors"]
+        config = flavor["python_function"].get("config") or {}
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return model.parent / "segmenter" if config.get("mask_source") == "segmenter" else None
 
 
 RELEASE = Path(__file__).resolve().parents[1] / "weights"  # the release model that ships inside the package
@@ -57,12 +88,13 @@ def resolve_model(spec: str | None, cache_dir: Path | None = None) -> Path:
 def segmenter_folder(mask_source: str, spec: str | None, model: Path | None = None) -> Path | None:
     """--mask-source/--segmenter -> the segmenter folder to use, or None for the landmark polygons.
 
-    `auto` takes, in order: the release segmenter when the TCNN is the release model; the segmenter that
-    evaluate_segmenters found best in this project (models/segmenters/best.json) when it beat the landmark
-    polygons on the validation photos; otherwise the polygons. `segmenter` insists on one of those."""
+    `auto` takes, in order: the segmenter a registered photo model carries (models:/lipseg@...); the release
+    segmenter when the TCNN is the release model; the segmenter that evaluate_segmenters found best in this
+    project (models/segmenters/best.json) when it beat the landmark polygons on the validation photos;
+    otherwise the polygons. `segmenter` insists on one of those."""
     if mask_source == "landmarks":
         return None
-    folder = Path(spec) if spec else None
+    folder = Path(spec) if spec else carried_segmenter(model)
     if folder is None and model == RELEASE_TCNN and (RELEASE_SEGMENTER / META_FILE).is_file():
         folder = RELEASE_SEGMENTER
     if folder is None and (project := project_root()) is not None:

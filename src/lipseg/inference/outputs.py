@@ -1,9 +1,10 @@
 """What `lipseg predict` does with each input: find the files, predict, and write the JSON, the label
-PNG and the overlay (photos) or the annotated video and its JSON lines, never outside --out."""
+PNG (or its COCO entry) and the overlay (photos) or the annotated video and its JSON lines, never outside --out."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import stat
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from lipseg.core.files import staged_files, write_bytes_atomic, write_png_atomic, write_text_atomic
+from lipseg.core.files import staged_files, write_bytes_atomic, write_text_atomic
 from lipseg.core.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -27,12 +28,17 @@ from lipseg.core.images import (
     read_image,
 )
 from lipseg.evaluation.masks import label_mask_from_faces
-from lipseg.evaluation.overlays import overlay
+from lipseg.evaluation.overlays import CLASS_COLOURS, overlay
+from lipseg.inference.coco import CocoPhoto, photo_annotations
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 # What each input writes under --out, beside its stem: checked against the inputs before any work.
 IMAGE_OUTPUTS = (".json", ".png", "_overlay.jpg")
 VIDEO_OUTPUTS = (".jsonl", "_annotated.mp4")
+# --format: how the label masks are written. png: with a palette, so a viewer shows the classes in the
+# overlay colours; png-grey: single-channel, what OpenCV's IMREAD_UNCHANGED and ../shared/tools/lipeval.py
+# read (OpenCV expands a palette PNG to three colour channels); coco: no PNG, one annotations.json per run.
+MASK_FORMATS = ("png", "png-grey", "coco")
 
 
 class OutsideOutError(ValueError):
@@ -45,6 +51,7 @@ class InputFile:
     path: Path
     kind: str  # "image" or "video"
     out_stem: Path  # relative to --out, without suffix
+    order: int = 0  # place among the inputs found
 
 
 @dataclass
@@ -58,6 +65,7 @@ class Summary:
     notes: list[tuple[str, str]] = field(default_factory=list)  # processed, with something to know (EXIF turn)
     landmark_ms: list[float] = field(default_factory=list)  # per face: mouth + crop + TCNN
     image_ms: list[float] = field(default_factory=list)
+    coco: list[CocoPhoto] = field(default_factory=list)  # with --format coco: each photo's entry
 
     def merge(self, other: Summary) -> None:
         """Add a worker process's counts and timings (its failures are added too)."""
@@ -68,6 +76,7 @@ class Summary:
         self.notes += other.notes
         self.landmark_ms += other.landmark_ms
         self.image_ms += other.image_ms
+        self.coco += other.coco
 
     def print(self, stream=None, interrupted: bool = False) -> None:
         stream = stream or sys.stderr
@@ -123,13 +132,16 @@ def _out_stem(relative: Path) -> Path:
     return relative.with_name(relative.name if not stem.strip(".") else stem)
 
 
-def collect_inputs(paths: Sequence[str], out_dir: Path | None = None) -> tuple[list[InputFile], list[tuple[str, str]]]:
-    """Images and videos from files and folders (recursive, by extension), with unique output stems,
-    and the (path, reason) of every given or found path that cannot be read. A folder search skips
-    `out_dir` when it lies inside, so a rerun does not take its own outputs for inputs."""
+def collect_inputs(
+    paths: Sequence[str], out_dir: Path | None = None, reserved: Sequence[Path] = ()
+) -> tuple[list[InputFile], list[tuple[str, str]]]:
+    """Images and videos from files and folders (recursive, by extension), with unique output stems that
+    avoid the `reserved` ones (a run-wide output such as the COCO file), and the (path, reason) of every
+    given or found path that cannot be read. A folder search skips `out_dir` when it lies inside, so a
+    rerun does not take its own outputs for inputs."""
     found: list[InputFile] = []
     problems: list[tuple[str, str]] = []
-    used: set[Path] = set()
+    used: set[Path] = set(reserved)
     skip = out_dir.resolve() if out_dir is not None else None
 
     def add(path: Path, relative: Path, status: os.stat_result) -> None:
@@ -143,7 +155,7 @@ def collect_inputs(paths: Sequence[str], out_dir: Path | None = None) -> tuple[l
             candidate = stem.with_name(f"{stem.name}_{number}")
             number += 1
         used.add(candidate)
-        found.append(InputFile(path, "video" if suffix in VIDEO_SUFFIXES else "image", candidate))
+        found.append(InputFile(path, "video" if suffix in VIDEO_SUFFIXES else "image", candidate, len(found)))
 
     for raw in paths:
         path = Path(raw)
@@ -170,8 +182,11 @@ class OutputClashError(ValueError):
     """--out would overwrite an input: the run is refused before anything is read or written."""
 
 
-def check_outputs_clear(inputs: list[InputFile], paths: Sequence[str], out_dir: Path) -> None:
-    """Refuse an --out that is an input folder, or any output that would land on an input file."""
+def check_outputs_clear(
+    inputs: list[InputFile], paths: Sequence[str], out_dir: Path, run_outputs: Sequence[str] = ()
+) -> None:
+    """Refuse an --out that is an input folder, or any output (per input, or `run_outputs` directly under
+    --out) that would land on an input file."""
     resolved_out = out_dir.resolve()
     for raw in paths:
         if Path(raw).is_dir() and Path(raw).resolve() == resolved_out:
@@ -180,6 +195,12 @@ def check_outputs_clear(inputs: list[InputFile], paths: Sequence[str], out_dir: 
                 "overwritten by their masks; choose another output folder"
             )
     originals = {item.path.resolve(): item.path for item in inputs}
+    for name in run_outputs:
+        if (clash := originals.get((out_dir / name).resolve())) is not None:
+            raise OutputClashError(
+                f"the output {printable(out_dir / name)} would overwrite the input {printable(clash)}; "
+                "choose another output folder"
+            )
     for item in inputs:
         for suffix in IMAGE_OUTPUTS if item.kind == "image" else VIDEO_OUTPUTS:
             target = (out_dir / item.out_stem).with_name(item.out_stem.name + suffix)
@@ -208,6 +229,28 @@ def face_mask(result, image: np.ndarray, segmenter=None) -> np.ndarray:
     return label_mask_from_faces([face.lips for face in result.faces], result.height, result.width)
 
 
+def label_png(mask: np.ndarray, palette: bool = True) -> bytes:
+    """A label mask as PNG bytes; the values stay the labels (0..3). With `palette`, an indexed PNG whose
+    palette paints the lip classes in the overlay colours on black, so a viewer shows the mouth instead of
+    an all but black picture; without it, a single-channel grey PNG."""
+    if not palette:
+        ok, encoded = cv2.imencode(".png", mask)
+        if not ok:
+            raise OSError("could not encode the label mask as PNG")
+        return encoded.tobytes()
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(mask, np.uint8))
+    image.putpalette(MASK_PALETTE)  # an "L" image becomes "P" with the same values as indices
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# RGB entries for labels 0..3: black background, then the overlay colours (BGR there) of each class.
+MASK_PALETTE = [0, 0, 0] + [channel for label in sorted(CLASS_COLOURS) for channel in reversed(CLASS_COLOURS[label])]
+
+
 def mask_source_name(segmenter) -> str:
     return "landmarks" if segmenter is None else f"segmenter:{segmenter.meta['config']['arch']}"
 
@@ -225,7 +268,10 @@ def predict_image_file(
     summary: Summary,
     segmenter=None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    mask_format: str = "png",
 ) -> None:
+    """The outputs of one photo (`mask_format` one of MASK_FORMATS); with coco, its COCO entry goes to
+    `summary.coco` instead of a PNG beside the JSON."""
     started = time.perf_counter()
     image = read_image(item.path, max_pixels)  # ImageError (a ValueError) names what is wrong with the file
     metadata = image_metadata(item.path)
@@ -245,7 +291,13 @@ def predict_image_file(
     }
     summary.notes += [(str(item.path), note) for note in payload["notes"]]
     write_text_atomic(safe_output(out_dir, item.out_stem, ".json"), json.dumps(payload) + "\n")
-    write_png_atomic(safe_output(out_dir, item.out_stem, ".png"), mask)
+    if mask_format == "coco":
+        lips = [face.lips for face in result.faces]
+        summary.coco.append(
+            CocoPhoto(item.order, str(item.path), result.width, result.height, photo_annotations(mask, lips))
+        )
+    else:
+        write_bytes_atomic(safe_output(out_dir, item.out_stem, ".png"), label_png(mask, mask_format == "png"))
     if overlay:
         ok, encoded = cv2.imencode(".jpg", annotate(image, result, mask), [cv2.IMWRITE_JPEG_QUALITY, 90])
         if ok:
@@ -264,7 +316,7 @@ def predict_video_file(
 ) -> None:
     """The annotated video and its JSON lines, renamed into place only after the last frame: an interrupted
     or failed video leaves neither, never a shorter one under the final names."""
-    from lipseg.inference.video import VideoTracker, read_frames, video_info
+    from lipseg.inference.video import VideoTracker, open_video_writer, read_frames, video_info
 
     fps, count, width, height = video_info(item.path)
     # from the container, before a frame is decoded
@@ -280,9 +332,7 @@ def predict_video_file(
     lines_path = safe_output(out_dir, item.out_stem, ".jsonl")
     started, frames, detections, faces = time.perf_counter(), 0, 0, 0
     with staged_files(video_path, lines_path) as (video_tmp, lines_tmp):
-        writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        if not writer.isOpened():
-            raise OSError(f"the mp4v video writer cannot encode {width} x {height} frames at {fps:g} fps")
+        writer, _ = open_video_writer(video_tmp, fps, (width, height))
         try:
             with lines_tmp.open("w", encoding="utf-8") as lines:
                 for index, frame in tqdm(

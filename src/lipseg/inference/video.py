@@ -8,7 +8,10 @@ jitter is the top complaint against lip trackers, so points can be smoothed with
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,3 +161,46 @@ def video_info(path: Path) -> tuple[float, int, int, int]:
 
 
 MAX_FPS = 1000.0  # high-speed cameras reach this; a container claiming more is wrong
+
+
+H264_FOURCCS = ("avc1", "H264")  # what browsers and phones play; FFmpeg builds name the encoder either way
+FALLBACK_FOURCC = "mp4v"  # MPEG-4 Part 2: in every OpenCV build with FFmpeg, but many players refuse it
+NO_H264_WARNING = "lipseg: warning: this OpenCV build has no H.264 encoder; writing MPEG-4 Part 2 (mp4v)"
+_warned_no_h264 = False  # one warning per run, not one per video
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null: a build without an H.264 encoder makes FFmpeg and OpenCV print
+    half a dozen error lines per failed try, from C, past Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def open_video_writer(path: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, str]:
+    """(an opened writer, its fourcc): H.264 where this OpenCV build encodes it, else mp4v with a warning.
+    OSError when no writer opens (e.g. a frame size the encoder refuses), before any frame is written."""
+    global _warned_no_h264
+    for fourcc in H264_FOURCCS:
+        with _quiet_stderr():
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            return writer, fourcc
+        writer.release()
+    if not _warned_no_h264:
+        print(NO_H264_WARNING, file=sys.stderr)
+        _warned_no_h264 = True
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FALLBACK_FOURCC), fps, size)
+    if not writer.isOpened():
+        writer.release()
+        raise OSError(
+            f"no video writer (H.264 or {FALLBACK_FOURCC}) can encode {size[0]} x {size[1]} frames at {fps:g} fps"
+        )
+    return writer, FALLBACK_FOURCC
