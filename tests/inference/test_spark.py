@@ -56,6 +56,8 @@ def test_spark_predict_answers_as_lipseg_predict(
     photos = generated_photos(tmp_path / "photos")
     model = save_photo_model(tmp_path / "photo_model", RELEASE_TCNN, RELEASE_SEGMENTER)
     mlflow.set_tracking_uri(mlflow_store)
+    # this store's own experiment: an earlier test's active experiment id names one of another store
+    mlflow.set_experiment("spark-predict")
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(model), "photo_model")
     uri = f"runs:/{run.info.run_id}/photo_model"
