@@ -202,11 +202,11 @@ def test_tests_workflow_runs_the_readme_command_on_every_push_and_pull_request()
 BREAKAGES = {
     "unknown job key": (
         "tests",
-        "    timeout-minutes: 40\n",
-        "    timeout-minutes: 40\n    runs_on_gpu: true\n",
+        "    timeout-minutes: 60\n",
+        "    timeout-minutes: 60\n    runs_on_gpu: true\n",
         "'runs_on_gpu' was unexpected",
     ),
-    "job without a timeout": ("tests", "    timeout-minutes: 40\n", "", "'timeout-minutes' is a required property"),
+    "job without a timeout": ("tests", "    timeout-minutes: 60\n", "", "'timeout-minutes' is a required property"),
     "tag-pinned action": (
         "tests",
         "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2",
