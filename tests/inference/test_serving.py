@@ -248,7 +248,9 @@ def test_mlflow_models_serve_answers_over_http_as_lipseg_predict(
     payload, mask = predicted(photo, tmp_path / "out")
     port = free_port()
     path = os.pathsep.join([str(VENV_BIN), os.environ["PATH"], str(PYENV)])
-    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "PATH": path}
+    # the server reads the model from its folder and needs no store: none of a fixture's store or experiment
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env |= {"MLFLOW_DISABLE_TELEMETRY": "true", "PATH": path}
     command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", str(photo_model), "--env-manager", env_manager]
     server = subprocess.Popen(
         [*command, "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
