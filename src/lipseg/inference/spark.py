@@ -209,18 +209,10 @@ def read_path_list(path: str | None) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
-
-
 def add_spark_predict(commands: Any) -> None:
     """The `spark-predict` sub-command on the `lipseg` parser's sub-parsers."""
+    from lipseg.inference.cli import positive_int  # the CLI's own option type; cli imports this module
+
     command = commands.add_parser(
         "spark-predict",
         help="score many photos with the photo-level MLflow model on a Spark cluster (or local cores)",
