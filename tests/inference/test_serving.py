@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from lipseg.inference.cli import main
 from lipseg.inference.models import RELEASE_SEGMENTER, RELEASE_TCNN
@@ -42,10 +43,16 @@ def photo(face_photo: Path) -> Path:
 
 
 def predicted(photo: Path, out: Path) -> tuple[dict, np.ndarray]:
-    """`lipseg predict`'s JSON and label mask for `photo`, with the options the photo model was saved with."""
-    arguments = ["predict", str(photo), "--out", str(out), "--model", str(RELEASE_TCNN), "--quiet"]
-    assert main([*arguments, "--mask-source", "segmenter", "--segmenter", str(RELEASE_SEGMENTER), "--jobs", "1"]) == 0
+    """`lipseg predict`'s JSON and label mask for `photo`, with the options the photo model was saved with;
+    the JSON also holds, as `coco_annotations`, what `--format coco` writes for the photo (ids left out)."""
+    arguments = ["predict", str(photo), "--model", str(RELEASE_TCNN), "--quiet", "--jobs", "1"]
+    arguments += ["--mask-source", "segmenter", "--segmenter", str(RELEASE_SEGMENTER)]
+    assert main([*arguments, "--out", str(out)]) == 0
+    assert main([*arguments, "--out", str(out / "coco"), "--format", "coco"]) == 0
     payload = json.loads((out / f"{photo.stem}.json").read_text())
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    ids = ("id", "image_id")
+    payload["coco_annotations"] = [{k: v for k, v in item.items() if k not in ids} for item in coco["annotations"]]
     return payload, np.array(Image.open(out / f"{photo.stem}.png"))  # palette indices or grey: the labels
 
 
@@ -66,6 +73,17 @@ def assert_same_answer(row: dict, payload: dict, mask: np.ndarray) -> float:
     assert json.loads(row["image_size"]) == payload["image_size"]
     assert row["mask_source"] == payload["mask_source"]
     np.testing.assert_array_equal(answer_mask(row), mask)
+    face_masks = json.loads(row["face_masks"])  # per face and lip class, as --format coco writes them
+    assert face_masks == payload["coco_annotations"]
+    assert {item["face"] for item in face_masks} == set(range(len(faces)))
+    for label in (1, 2, 3):  # the faces' RLE masks of a class together are that class of the label mask
+        rles = [
+            dict(item["rle"], counts=item["rle"]["counts"].encode())
+            for item in face_masks
+            if item["category_id"] == label
+        ]
+        union = np.any([coco_mask.decode(rle) for rle in rles], axis=0) if rles else np.zeros_like(mask, bool)
+        np.testing.assert_array_equal(union, mask == label)
     return difference
 
 

@@ -6,7 +6,9 @@ Input: a DataFrame with a binary column `image` (encoded JPEG/PNG/... bytes; bas
 an optional `name`. Output, one row per photo, all strings: `name`; `image_size` (JSON [width, height]);
 `faces` (JSON list, one object per face with the keys of `lipseg predict`'s JSON: lips, box, crop_box,
 score, cluster, head); `mask_png` (base64 PNG of the label mask, 0 background, 1 upper lip, 2 inner mouth,
-3 lower lip: the values of `lipseg predict`'s label PNG); `mask_source`; `notes` (JSON list);
+3 lower lip: the values of `lipseg predict`'s label PNG); `face_masks` (JSON list, per face and lip class
+the annotation `lipseg predict --format coco` writes: `face`, `category_id`, the mask as compressed RLE
+in `rle`, polygons in `segmentation`, `area`, `bbox`); `mask_source`; `notes` (JSON list);
 `timings` (JSON, milliseconds per step); `error` (empty, or one line: one bad photo never fails the batch).
 
 The model carries the TCNN and the segmenter folders (with their ONNX exports) as artifacts and the lipseg
@@ -44,7 +46,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_pixels": PREDICT_MAX_PIXELS,
     "threads": 1,
 }
-OUTPUT_COLUMNS = ("name", "image_size", "faces", "mask_png", "mask_source", "notes", "timings", "error")
+OUTPUT_COLUMNS = ("name", "image_size", "faces", "mask_png", "face_masks", "mask_source", "notes", "timings", "error")
 # The third-party distributions the served model imports (tests/inference/test_serving.py checks the list
 # against what loading and predicting actually import); pinned at the installed versions. The ONNX engine
 # runs the exports the model ships, so torch (gigabytes from a package index) is needed only for "torch".
@@ -116,10 +118,9 @@ class LipsegPhotoPyfunc(PythonModel):
         return row
 
     def _predict_photo(self, data: bytes) -> dict[str, str]:
-        import cv2
-
         from lipseg.core.images import apply_orientation, image_metadata, read_image
-        from lipseg.inference.outputs import face_mask
+        from lipseg.inference.coco import photo_annotations
+        from lipseg.inference.outputs import face_mask, label_png
 
         started = time.perf_counter()
         # The very reader of `lipseg predict` (pixel limit, truncation, EXIF turn), which reads files.
@@ -134,14 +135,12 @@ class LipsegPhotoPyfunc(PythonModel):
         started = time.perf_counter()
         mask = face_mask(result, image, self.segmenter)
         result.timings_ms["mask"] = (time.perf_counter() - started) * 1000
-        ok, png = cv2.imencode(".png", mask)
-        if not ok:
-            raise OSError("the label mask could not be encoded as PNG")
         payload = result.to_json()
         return {
             "image_size": json.dumps(payload["image_size"]),
             "faces": json.dumps(payload["faces"]),
-            "mask_png": base64.b64encode(png.tobytes()).decode("ascii"),
+            "mask_png": base64.b64encode(label_png(mask, palette=False)).decode("ascii"),
+            "face_masks": json.dumps(photo_annotations(mask, [face.lips for face in result.faces])),
             "notes": json.dumps(image_info.notes()),
             "timings": json.dumps({"decode": round(decode_ms, 3), **payload["timings_ms"]}),
         }

@@ -18,8 +18,8 @@ from lipseg.core.images import IMAGE_SUFFIXES
 
 SPARK_INSTALL = "pip install 'lipseg[spark]'"
 # The photo model's output columns (lipseg.inference.photo_pyfunc.OUTPUT_COLUMNS) but `name`: a row is named
-# by the path Spark read it from. All strings; `faces`, `image_size`, `notes` and `timings` hold JSON.
-RESULT_COLUMNS = ("image_size", "faces", "mask_png", "mask_source", "notes", "timings", "error")
+# by the path Spark read it from. All strings; `faces`, `image_size`, `face_masks`, `notes` and `timings` hold JSON.
+RESULT_COLUMNS = ("image_size", "faces", "mask_png", "face_masks", "mask_source", "notes", "timings", "error")
 FORMATS = ("parquet", "json")
 # Rows per Arrow batch handed to the model: Spark's default (10,000) would hold 10,000 photos in one
 # worker's memory at once; 32 keeps a batch near 32 photos' bytes and still repays the batch overhead.
@@ -219,7 +219,8 @@ def add_spark_predict(commands: Any) -> None:
         description="Reads the photos with Spark, runs the photo-level MLflow model on them through "
         "mlflow.pyfunc.spark_udf and writes one row per photo to DIR as Parquet or JSON lines: path, "
         f"{', '.join(RESULT_COLUMNS)} (faces as in `lipseg predict`'s JSON; mask_png a base64 label PNG, "
-        "0 background, 1 upper lip, 2 inner mouth, 3 lower lip). Exit status 1 when any photo failed. "
+        "0 background, 1 upper lip, 2 inner mouth, 3 lower lip; face_masks per face and lip class as "
+        "`lipseg predict --format coco` writes them, with RLE). Exit status 1 when any photo failed. "
         f"Needs pyspark and a Java runtime: {SPARK_INSTALL}.",
     )
     command.add_argument("paths", nargs="*", metavar="PATH", help="photos, folders (recursive), globs or URIs")
