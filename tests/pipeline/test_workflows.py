@@ -12,7 +12,9 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
+from PIL import Image
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,7 +184,8 @@ def test_pipeline_cancels_stale_pull_requests_but_never_a_run_on_main() -> None:
 def test_only_the_comment_job_may_write_and_only_to_pull_requests() -> None:
     jobs = load(WORKFLOWS["pipeline"].read_text(encoding="utf-8"))["jobs"]
     writers = {name: job["permissions"] for name, job in jobs.items() if "write" in str(job.get("permissions", ""))}
-    assert writers == {"comment": {"pull-requests": "write"}}
+    # the comment, and the branch lipseg-plots/pr-<n> that holds its images; reading the run's artifact
+    assert writers == {"comment": {"pull-requests": "write", "contents": "write", "actions": "read"}}
     assert SAME_REPO_GUARD.split(" || ")[1] in jobs["comment"]["if"]
     assert "github.event_name == 'pull_request'" in jobs["comment"]["if"]
 
@@ -359,3 +362,90 @@ def test_report_step_diffs_metrics_params_and_plots_against_main(tmp_path: Path)
     page = (repo / "plots-diff" / "index.html").read_text()
     assert '"rev": "origin/main"' in page and '"rev": "workspace"' in page
     assert "artifact (open `index.html`)" in report
+    assert "Each chart as an image" in report
+    image = repo / "plots-diff" / "images" / "history.csv.png"
+    assert (repo / "plots-diff" / "images.md").read_text().strip() == "![history.csv](images/history.csv.png)"
+    pixels = np.array(Image.open(image).convert("RGB")).reshape(-1, 3)
+    colours = {tuple(int(value) for value in row) for row in pixels}
+    assert {(0x94, 0x5D, 0xD6), (0x13, 0xAD, 0xC7)} <= colours  # DVC's colours: the workspace and origin/main
+
+    posted = run_comment_job(tmp_path, repo / "plots-diff", output)
+    server_repo = tmp_path / "server" / "owner" / "repo.git"
+    branch = git_output(server_repo, "rev-parse", "refs/heads/lipseg-plots/pr-7")
+    assert git_output(server_repo, "ls-tree", "--name-only", branch) == "history.csv.png"
+    published = subprocess.run(["git", "show", f"{branch}:history.csv.png"], cwd=server_repo, capture_output=True)
+    assert published.stdout == image.read_bytes()
+    assert posted.startswith("<!-- lipseg-pipeline-report -->") and report.strip() in posted
+    assert f"![history.csv](file://{tmp_path}/server/owner/repo/raw/{branch}/history.csv.png)" in posted
+    calls = (tmp_path / "gh-calls.txt").read_text()
+    assert "api --method DELETE repos/owner/repo/git/refs/heads/lipseg-plots/pr-3" in calls  # closed
+    assert "pr-7" not in calls.split("DELETE", 1)[1]  # open: kept
+
+
+FAKE_GH = """#!{python}
+# GitHub's gh, as the comment job calls it, answered from the folder FAKE_GH: the artifact, two image
+# branches (pull request 3 closed, 7 open), no earlier comment; every call is logged.
+import os, shutil, sys
+from pathlib import Path
+
+state = Path(os.environ["FAKE_GH"])
+args = sys.argv[1:]
+with (state / "gh-calls.txt").open("a") as log:
+    log.write(" ".join(arg for arg in args if not arg.startswith("body=")) + "\\n")
+if args[:2] == ["run", "download"]:
+    shutil.copytree(state / "artifact", args[args.index("--dir") + 1], dirs_exist_ok=True)
+elif "matching-refs" in " ".join(args):
+    print("refs/heads/lipseg-plots/pr-3\\nrefs/heads/lipseg-plots/pr-7")
+elif any(arg.startswith("repos/owner/repo/pulls/") for arg in args):
+    print("closed" if args[-3].endswith("/3") else "open")
+elif "POST" in args:
+    (state / "posted.md").write_text(args[args.index("-f") + 1].removeprefix("body="))
+"""
+
+
+def git_output(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def run_comment_job(tmp_path: Path, artifact: Path, report_output: str) -> str:
+    """The comment job's steps, in order, against a fake gh and a bare repository on disk as GitHub; returns
+    the comment it posts."""
+    import shutil
+
+    server_repo = tmp_path / "server" / "owner" / "repo.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(server_repo)], check=True)
+    shutil.copytree(artifact, tmp_path / "artifact")
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir()
+    (fake_bin / "gh").write_text(FAKE_GH.format(python=sys.executable))
+    (fake_bin / "gh").chmod(0o755)
+    job = load(WORKFLOWS["pipeline"].read_text(encoding="utf-8"))["jobs"]["comment"]
+    workspace = tmp_path / "comment-workspace"
+    workspace.mkdir()
+    env = {
+        "PATH": f"{fake_bin}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "FAKE_GH": str(tmp_path),
+        "GITHUB_SERVER_URL": f"file://{tmp_path}/server",
+        "GITHUB_REPOSITORY": "owner/repo",
+        "GITHUB_RUN_ID": "42",
+        "GH_TOKEN": "token",
+        "GH_REPO": "owner/repo",
+        "PR_NUMBER": "7",
+        "HEAD_SHA": "0" * 40,
+        "REPORT": report_output.split("\n", 1)[1].rsplit("\n", 2)[0],
+        "PLOTS_URL": "https://example.invalid/artifact",
+    }
+    outputs = {}
+    for step in job["steps"]:
+        (tmp_path / "step-output").write_text("")
+        step_env = env | {"GITHUB_OUTPUT": str(tmp_path / "step-output")}
+        step_env |= {"IMAGES": outputs.get("markdown", "")} if "IMAGES" in step.get("env", {}) else {}
+        done = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", step["run"]], cwd=workspace, env=step_env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{step['name']}: {done.stdout}{done.stderr}"
+        text = (tmp_path / "step-output").read_text()
+        if text.startswith("markdown<<"):
+            outputs["markdown"] = text.split("\n", 1)[1].rsplit("\n", 2)[0]
+    return (tmp_path / "posted.md").read_text()

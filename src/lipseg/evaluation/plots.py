@@ -14,7 +14,8 @@ import numpy as np
 from lipseg.core.files import write_bytes_atomic
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
+def save_figure(figure: plt.Figure, path: Path) -> None:
+    """`figure` as a PNG at `path`, written whole or not at all; the figure is closed."""
     import io
 
     buffer = io.BytesIO()
@@ -40,7 +41,7 @@ def training_curves(
     metric_axis.plot(epochs, [row[metric_key] for row in history], color="tab:green")
     metric_axis.set(xlabel="epoch", ylabel=metric_label, title=f"validation {metric_label}")
     figure.suptitle(title)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def bic_curve(table: Sequence[dict], chosen_k: int, path: Path) -> None:
@@ -51,7 +52,7 @@ def bic_curve(table: Sequence[dict], chosen_k: int, path: Path) -> None:
     axis.set(xlabel="K (components)", ylabel="BIC (lower is better)", title="GMM model selection on FC5 features")
     axis.set_xticks(ks)
     axis.legend()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def ced_curves(thresholds: np.ndarray, curves: dict[str, np.ndarray], path: Path, xlabel: str) -> None:
@@ -61,7 +62,7 @@ def ced_curves(thresholds: np.ndarray, curves: dict[str, np.ndarray], path: Path
     axis.set(xlabel=xlabel, ylabel="fraction of test images", ylim=(0, 1.01), title="Cumulative error distribution")
     axis.grid(alpha=0.3)
     axis.legend()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 # The CSVs below are what `dvc plots` draws (dvc.yaml's top-level `plots:` names their columns as x and y).
