@@ -197,12 +197,9 @@ def test_the_model_answers_as_lipseg_predict(photo_model: Path, photo: Path, tmp
     assert answer.iloc[1]["error"] and answer.iloc[1]["faces"] == ""  # one bad photo, the batch goes on
 
 
-@pytest.mark.slow
-def test_the_registered_photo_model_is_what_lipseg_predict_uses_from_the_registry(
-    mlflow_store: str, monkeypatch: pytest.MonkeyPatch, photo: Path, tmp_path: Path
-) -> None:
-    """evaluate_segmenters registers the photo model as `lipseg`; `lipseg predict --model
-    models:/lipseg@champion` takes its TCNN and the segmenter it carries, and answers as with the folders."""
+def register_photo_model(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The release TCNN and segmenter registered as evaluate_segmenters registers them, in the test's store
+    (mlflow_store); returns the champion's URI."""
     from lipseg.core import tracking
     from lipseg.inference.photo_pyfunc import photo_model_package
 
@@ -214,9 +211,19 @@ def test_the_registered_photo_model_is_what_lipseg_predict_uses_from_the_registr
             tracking.Merit("val.f1_lips", 0.8, data="d"),
         )
     assert promotion.promoted
+    return f"models:/{tracking.PHOTO_MODEL_NAME}@{tracking.CHAMPION}"
+
+
+@pytest.mark.slow
+def test_the_registered_photo_model_is_what_lipseg_predict_uses_from_the_registry(
+    mlflow_store: str, monkeypatch: pytest.MonkeyPatch, photo: Path, tmp_path: Path
+) -> None:
+    """evaluate_segmenters registers the photo model as `lipseg`; `lipseg predict --model
+    models:/lipseg@champion` takes its TCNN and the segmenter it carries, and answers as with the folders."""
+    model_uri = register_photo_model(monkeypatch)
     payload, mask = predicted(photo, tmp_path / "folders")
     out = tmp_path / "registry"
-    arguments = ["predict", str(photo), "--out", str(out), "--model", "models:/lipseg@champion", "--quiet"]
+    arguments = ["predict", str(photo), "--out", str(out), "--model", model_uri, "--quiet"]
     assert main([*arguments, "--jobs", "1"]) == 0
     from_registry = json.loads((out / f"{photo.stem}.json").read_text())
     assert from_registry["faces"] == payload["faces"]
@@ -259,18 +266,20 @@ FRESH_ENVIRONMENT = pytest.param(
 @pytest.mark.slow
 @pytest.mark.parametrize("env_manager", ["local", FRESH_ENVIRONMENT])
 def test_mlflow_models_serve_answers_over_http_as_lipseg_predict(
-    photo_model: Path, photo: Path, tmp_path: Path, env_manager: str
+    mlflow_store: str, monkeypatch: pytest.MonkeyPatch, photo: Path, tmp_path: Path, env_manager: str
 ) -> None:
-    """`mlflow models serve` on 127.0.0.1, in this environment or in a fresh virtualenv built from the
-    model's requirements alone; a photo POSTed as MLflow's JSON (base64 bytes) comes back with lipseg
-    predict's points and mask."""
+    """`mlflow models serve -m models:/lipseg@champion` on 127.0.0.1, in this environment or in a fresh
+    virtualenv built from the model's requirements alone; a photo POSTed as MLflow's JSON (base64 bytes)
+    comes back with lipseg predict's points and masks."""
+    model_uri = register_photo_model(monkeypatch)
     payload, mask = predicted(photo, tmp_path / "out")
     port = free_port()
     path = os.pathsep.join([str(VENV_BIN), os.environ["PATH"], str(PYENV)])
-    # the server reads the model from its folder and needs no store: none of a fixture's store or experiment
+    # the server needs the store to find the model, and nothing else of the test's MLflow settings (an
+    # experiment id set by the registration would point a fresh environment at an experiment it lacks)
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env |= {"MLFLOW_DISABLE_TELEMETRY": "true", "PATH": path}
-    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", str(photo_model), "--env-manager", env_manager]
+    env |= {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_TRACKING_URI": mlflow_store, "PATH": path}
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", env_manager]
     server = subprocess.Popen(
         [*command, "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
         stdout=subprocess.PIPE,
