@@ -68,6 +68,11 @@ TORCH_REQUIREMENTS = ("torch", "safetensors")
 class LipsegPhotoPyfunc(PythonModel):
     """Photos in, what `lipseg predict` writes for each out (see the module docstring)."""
 
+    # MLflow's own switch (its chat models set it) for not wrapping predict in type-hint validation: the
+    # signature says what goes in and out, and without it MLflow advises type hints in every process that
+    # loads the model (a server, each Spark worker), with a warning no filter can silence.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         from lipseg.inference.predictor import LipPredictor
 

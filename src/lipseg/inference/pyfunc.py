@@ -23,6 +23,11 @@ class LipsegTCNNPyfunc(PythonModel):
     """uint8 BGR crops (B, S, S, 3) in, (B, 56, 2) lip points in normalised crop coordinates out, predicted
     as the metrics logged with the model were (`flip_average` in the model config)."""
 
+    # MLflow's own switch (its chat models set it) for not wrapping predict in type-hint validation: the
+    # signature says what goes in and out, and without it MLflow advises type hints in every process that
+    # loads the model (a server, each Spark worker), with a warning no filter can silence.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         self.model, self.geometry, self.meta = load_tcnn(Path(context.artifacts["model_folder"]))
         self.flip_average = bool((context.model_config or {}).get("flip_average", False))
