@@ -83,11 +83,9 @@ def _revision_colours(spec: dict, rows: list[dict]) -> dict[str, str]:
     colour = _channel(spec, "color")
     scale = (colour.get("scale") or {}) if colour.get("field") == "rev" else {}
     present = list(dict.fromkeys(row.get("rev", "") for row in rows))
-    revisions = list(scale.get("domain") or present)
     palette = list(scale.get("range") or []) or plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ordered = [revision for revision in revisions if revision in present]
-    ordered += [revision for revision in present if revision not in ordered]
-    return {revision: palette[(revisions + ordered).index(revision) % len(palette)] for revision in ordered}
+    order = list(dict.fromkeys([*(scale.get("domain") or []), *present]))  # DVC's order, then any it left out
+    return {revision: palette[order.index(revision) % len(palette)] for revision in order if revision in present}
 
 
 def _short_names(names: list[str]) -> dict[str, str]:
