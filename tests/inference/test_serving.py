@@ -23,7 +23,8 @@ from pycocotools import mask as coco_mask
 
 from lipseg.inference.cli import main
 from lipseg.inference.models import RELEASE_SEGMENTER, RELEASE_TCNN
-from lipseg.inference.photo_pyfunc import OUTPUT_COLUMNS, answer_mask, pip_requirements, save_photo_model
+from lipseg.inference.outputs import PHOTO_MODEL_COLUMNS
+from lipseg.inference.photo_pyfunc import answer_mask, pip_requirements, save_photo_model
 
 HELEN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "helen_sample"
 VENV_BIN = Path(sys.executable).parent
@@ -105,7 +106,7 @@ def test_the_model_ships_its_code_complete_pinned_requirements_an_example_and_a_
     assert base64.b64decode(example["dataframe_split"]["data"][0][0])[:2] == b"\xff\xd8"  # a JPEG photo
     signature = yaml.safe_load((photo_model / "MLmodel").read_text())["signature"]
     assert json.loads(signature["inputs"])[0] == {"type": "binary", "name": "image", "required": True}
-    assert [column["name"] for column in json.loads(signature["outputs"])] == list(OUTPUT_COLUMNS)
+    assert [column["name"] for column in json.loads(signature["outputs"])] == list(PHOTO_MODEL_COLUMNS)
 
 
 def test_a_segmenter_onnx_cannot_export_is_packed_to_run_in_torch(
@@ -194,7 +195,7 @@ def test_the_model_answers_as_lipseg_predict(photo_model: Path, photo: Path, tmp
     payload, mask = predicted(photo, tmp_path / "out")
     model = mlflow.pyfunc.load_model(str(photo_model))
     answer = model.predict(pd.DataFrame({"image": [photo.read_bytes(), b"not a photo"], "name": ["a", "b"]}))
-    assert list(answer.columns) == list(OUTPUT_COLUMNS)
+    assert list(answer.columns) == list(PHOTO_MODEL_COLUMNS)
     assert_same_answer(answer.iloc[0].to_dict(), payload, mask)
     assert answer.iloc[1]["error"] and answer.iloc[1]["faces"] == ""  # one bad photo, the batch goes on
 

@@ -1,12 +1,25 @@
-"""How lipseg's MLflow models are packed for a fresh environment: the pieces of a "models from code" pyfunc,
-the lipseg source shipped with the model as code_paths (no package index has lipseg), and the third-party
-requirements pinned at the versions installed here. Saving and logging happen in lipseg.core.tracking."""
+"""How lipseg's MLflow models are packed for a fresh environment: their base class, the pieces of a
+"models from code" pyfunc, the lipseg source shipped with the model as code_paths (no package index has
+lipseg), and the third-party requirements pinned at the versions installed here. Saving and logging happen
+in lipseg.core.tracking."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mlflow.pyfunc import PythonModel
+
+
+class SignedPythonModel(PythonModel):
+    """The base of lipseg's MLflow models, which declare their signatures explicitly (their `predict` takes
+    no type hints: MLflow would read them as a second schema)."""
+
+    # MLflow's own switch (its chat models set it) for not wrapping predict in type-hint validation; without
+    # it MLflow advises type hints in every process that loads the model (a server, each Spark worker), with
+    # a warning no filter can silence.
+    _skip_type_hint_validation = True
 
 
 @dataclass

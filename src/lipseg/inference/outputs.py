@@ -39,6 +39,20 @@ VIDEO_OUTPUTS = (".jsonl", "_annotated.mp4")
 # overlay colours; png-grey: single-channel, what OpenCV's IMREAD_UNCHANGED and ../shared/tools/lipeval.py
 # read (OpenCV expands a palette PNG to three colour channels); coco: no PNG, one annotations.json per run.
 MASK_FORMATS = ("png", "png-grey", "coco")
+# The same outputs as one row of strings per photo: what the photo-level MLflow model answers
+# (lipseg.inference.photo_pyfunc) and what `lipseg spark-predict` writes. Here, where the base install and the
+# CLI can read them without importing MLflow.
+PHOTO_MODEL_COLUMNS = (
+    "name",
+    "image_size",
+    "faces",
+    "mask_png",
+    "face_masks",
+    "mask_source",
+    "notes",
+    "timings",
+    "error",
+)
 
 
 class OutsideOutError(ValueError):

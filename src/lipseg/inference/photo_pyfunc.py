@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 from mlflow.models import set_model
-from mlflow.pyfunc import PythonModel
 
 from lipseg.core.images import PREDICT_MAX_PIXELS
+from lipseg.core.packaging import PyfuncPackage, SignedPythonModel, lipseg_source, pinned_requirements
+from lipseg.inference.outputs import PHOTO_MODEL_COLUMNS
 
 # What `lipseg predict` does by default (its --detector, --upsample, --mouth, --engine, --flip-tta,
 # --segmenter-flip-tta, --cascade-passes, --max-pixels), with the masks from the carried segmenter.
@@ -46,7 +47,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_pixels": PREDICT_MAX_PIXELS,
     "threads": 1,
 }
-OUTPUT_COLUMNS = ("name", "image_size", "faces", "mask_png", "face_masks", "mask_source", "notes", "timings", "error")
 # The third-party distributions the served model imports (tests/inference/test_serving.py checks the list
 # against what loading and predicting actually import); pinned at the installed versions. The ONNX engine
 # runs the exports the model ships, so torch (gigabytes from a package index) is needed only for "torch".
@@ -65,13 +65,8 @@ REQUIREMENTS = (
 TORCH_REQUIREMENTS = ("torch", "safetensors")
 
 
-class LipsegPhotoPyfunc(PythonModel):
+class LipsegPhotoPyfunc(SignedPythonModel):
     """Photos in, what `lipseg predict` writes for each out (see the module docstring)."""
-
-    # MLflow's own switch (its chat models set it) for not wrapping predict in type-hint validation: the
-    # signature says what goes in and out, and without it MLflow advises type hints in every process that
-    # loads the model (a server, each Spark worker), with a warning no filter can silence.
-    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         from lipseg.inference.predictor import LipPredictor
@@ -109,13 +104,13 @@ class LipsegPhotoPyfunc(PythonModel):
             raise ValueError(f"the input needs an 'image' column of photo bytes, got columns {list(frame.columns)}")
         names = frame["name"] if "name" in frame.columns else [""] * len(frame)
         rows = [self.answer(image, "" if pd.isna(name) else str(name)) for image, name in zip(frame["image"], names)]
-        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+        return pd.DataFrame(rows, columns=list(PHOTO_MODEL_COLUMNS))
 
     def answer(self, image: Any, name: str) -> dict[str, str]:
         """One photo's output row; any failure is that row's `error`."""
         from lipseg.inference.outputs import mask_source_name
 
-        row = dict.fromkeys(OUTPUT_COLUMNS, "") | {"name": name, "mask_source": mask_source_name(self.segmenter)}
+        row = dict.fromkeys(PHOTO_MODEL_COLUMNS, "") | {"name": name, "mask_source": mask_source_name(self.segmenter)}
         try:
             row |= self._predict_photo(photo_bytes(image))
         except Exception as error:  # one bad photo never fails the batch: its row says why
@@ -169,8 +164,6 @@ def answer_mask(row: Any) -> np.ndarray:
 
 
 def pip_requirements(engine: str = "onnx") -> list[str]:
-    from lipseg.core.packaging import pinned_requirements
-
     return pinned_requirements(REQUIREMENTS + (TORCH_REQUIREMENTS if engine == "torch" else ()))
 
 
@@ -192,7 +185,7 @@ def signature() -> Any:
     from mlflow.types import ColSpec, Schema
 
     inputs = Schema([ColSpec("binary", "image"), ColSpec("string", "name", required=False)])
-    return ModelSignature(inputs, Schema([ColSpec("string", column) for column in OUTPUT_COLUMNS]))
+    return ModelSignature(inputs, Schema([ColSpec("string", column) for column in PHOTO_MODEL_COLUMNS]))
 
 
 def _with_onnx_export(folder: Path, staging: Path, family: str) -> Path:
@@ -214,13 +207,11 @@ def _with_onnx_export(folder: Path, staging: Path, family: str) -> Path:
 
 def photo_model_package(
     tcnn_folder: Path, segmenter_folder: Path, staging: Path, model_config: dict | None = None
-) -> Any:
+) -> PyfuncPackage:
     """Everything MLflow needs to save or log the photo model, staged under `staging` (which must outlive
     the save): the model folders with their exports, a clean copy of the lipseg source, requirements,
     input example and signature."""
     import pandas as pd
-
-    from lipseg.core.packaging import PyfuncPackage, lipseg_source
 
     config = DEFAULT_CONFIG | (model_config or {})
     unknown = set(config) - set(DEFAULT_CONFIG)

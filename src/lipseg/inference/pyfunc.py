@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 from mlflow.models import set_model
-from mlflow.pyfunc import PythonModel
 
+from lipseg.core.packaging import PyfuncPackage, SignedPythonModel, lipseg_source, pinned_requirements
 from lipseg.tcnn.model import load_tcnn
 from lipseg.tcnn.predict import predict_crops
 
@@ -19,14 +19,9 @@ from lipseg.tcnn.predict import predict_crops
 REQUIREMENTS = ("mlflow", "numpy", "pandas", "torch", "safetensors")
 
 
-class LipsegTCNNPyfunc(PythonModel):
+class LipsegTCNNPyfunc(SignedPythonModel):
     """uint8 BGR crops (B, S, S, 3) in, (B, 56, 2) lip points in normalised crop coordinates out, predicted
     as the metrics logged with the model were (`flip_average` in the model config)."""
-
-    # MLflow's own switch (its chat models set it) for not wrapping predict in type-hint validation: the
-    # signature says what goes in and out, and without it MLflow advises type hints in every process that
-    # loads the model (a server, each Spark worker), with a warning no filter can silence.
-    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         self.model, self.geometry, self.meta = load_tcnn(Path(context.artifacts["model_folder"]))
@@ -43,12 +38,10 @@ def crop_model_package(
     example_output: np.ndarray,
     staging: Path,
     model_config: dict[str, Any] | None = None,
-) -> Any:
+) -> PyfuncPackage:
     """The crop model packed for MLflow: this file, the model folder, the lipseg source as code_paths,
     pinned third-party requirements, the example crops and the signature inferred from them."""
     from mlflow.models import infer_signature
-
-    from lipseg.core.packaging import PyfuncPackage, lipseg_source, pinned_requirements
 
     return PyfuncPackage(
         python_model=Path(__file__).resolve(),

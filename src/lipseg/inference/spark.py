@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from lipseg.core.images import IMAGE_SUFFIXES
+from lipseg.inference.outputs import PHOTO_MODEL_COLUMNS
 
 SPARK_INSTALL = "pip install 'lipseg[spark]'"
-# The photo model's output columns (lipseg.inference.photo_pyfunc.OUTPUT_COLUMNS) but `name`: a row is named
-# by the path Spark read it from. All strings; `faces`, `image_size`, `face_masks`, `notes` and `timings` hold JSON.
-RESULT_COLUMNS = ("image_size", "faces", "mask_png", "face_masks", "mask_source", "notes", "timings", "error")
+# The photo model's output columns but `name`: a row is named by the path Spark read it from. All strings;
+# `faces`, `image_size`, `face_masks`, `notes` and `timings` hold JSON.
+RESULT_COLUMNS = tuple(column for column in PHOTO_MODEL_COLUMNS if column != "name")
 FORMATS = ("parquet", "json")
 # Rows per Arrow batch handed to the model: Spark's default (10,000) would hold 10,000 photos in one
 # worker's memory at once; 32 keeps a batch near 32 photos' bytes and still repays the batch overhead.
@@ -87,10 +88,10 @@ def read_photos(spark: Any, paths: Sequence[str], partitions: int | None = None)
 
 
 def photo_udf(spark: Any, model_folder: Path, env_manager: str = "local") -> Any:
-    """The photo model as a Spark UDF returning a struct of RESULT_COLUMNS (and `name`) per photo."""
+    """The photo model as a Spark UDF returning a struct of the photo model's columns per photo."""
     from lipseg.core.tracking import spark_udf
 
-    result_type = ", ".join(f"{column} string" for column in ("name", *RESULT_COLUMNS))
+    result_type = ", ".join(f"{column} string" for column in PHOTO_MODEL_COLUMNS)
     return spark_udf(spark, model_folder, result_type, env_manager)
 
 
